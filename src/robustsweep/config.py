@@ -1,0 +1,351 @@
+"""The typed configuration of one trial, validated when it is loaded.
+
+A :class:`TrialConfig` is built from a YAML mapping and ``key=value``
+overrides (:func:`load_trial_config`). Unknown keys, wrong types and
+impossible values are rejected with a :class:`~robustsweep.errors.ConfigError`
+that names the key and what is allowed. Settings whose study default depends
+on the dataset (model, epochs, eps, schedule) may be left as ``None``;
+:meth:`TrialConfig.resolved` fills them in, and that resolved config is what a
+trial runs and logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+DATASETS = ("mnist", "cifar10")
+MODELS = ("m1", "vgg11")
+#: The model each dataset is trained with in the study.
+MODEL_FOR_DATASET = {"mnist": "m1", "cifar10": "vgg11"}
+DATA_ROOT_ENV = "ROBUSTSWEEP_DATA_ROOT"
+
+
+def _opt(default: Any, help: str) -> Any:
+    """A dataclass field with its documentation attached (shown by ``robustsweep options``)."""
+    return field(default=default, metadata={"help": help})
+
+
+def _default_data_root() -> str:
+    return os.environ.get(DATA_ROOT_ENV, "data")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Every setting of one trial: data, model, optimizer variant, evaluation, tracking."""
+
+    # ---- data -------------------------------------------------------------
+    dataset: Literal["mnist", "cifar10"] = _opt("mnist", "Dataset: mnist or cifar10.")
+    data_root: str = field(
+        default_factory=_default_data_root,
+        metadata={"help": f"Folder holding the torchvision dataset files (env {DATA_ROOT_ENV}; default ./data)."},
+    )
+    download: bool = _opt(True, "Download the dataset into data_root when it is missing (needs internet).")
+    verify_checksums: bool = _opt(
+        True, "cifar10: check the published md5 sums of the batch files (off for CIFAR-format files you wrote yourself)."
+    )
+    subset: int = _opt(0, "Train on the first N training examples only (0 = the whole training split).")
+    test_subset: int = _opt(0, "Evaluate test accuracy on the first N test examples only (0 = all).")
+    # The study flips both datasets horizontally (odd for digits, but that is what it did).
+    augment_flip: bool = _opt(True, "Random horizontal flips during training (the study flips both datasets).")
+    augment_crop: Optional[int] = _opt(
+        None, "Zero padding in pixels for random crops (None = 4 for cifar10, the study's setting; 0 for mnist)."
+    )
+
+    # ---- model ------------------------------------------------------------
+    model: Optional[Literal["m1", "vgg11"]] = _opt(None, "Model (None = m1 for mnist, vgg11 for cifar10, as in the study).")
+
+    # ---- optimizer --------------------------------------------------------
+    variant: str = _opt("sgd", "Optimizer variant: sgd, svrg, sgdnoise, sgdselective, adam, adamw.")
+    lr: Optional[float] = _opt(None, "Learning rate (None = 0.01, the study's base constant rate, unless lr_batch_ratio is set).")
+    lr_batch_ratio: Optional[float] = _opt(
+        None, "Constant learning-rate-to-batch-size ratio: lr = ratio * batch_size (study: 0.005/32 for the SGD family)."
+    )
+    momentum: float = _opt(0.0, "Heavy-ball momentum (SGD family).")
+    weight_decay: float = _opt(0.0, "L2 weight decay (decoupled for adamw).")
+    betas: tuple[float, ...] = _opt((0.9, 0.999), "Adam/AdamW betas (PyTorch defaults).")
+    schedule: Literal["constant", "step"] = _opt("constant", "Learning-rate schedule: constant or step.")
+    lr_milestones: Optional[tuple[int, ...]] = _opt(
+        None, "Epochs at which the step schedule multiplies the rate by lr_gamma (None = the dataset's study default)."
+    )
+    lr_step_every: Optional[int] = _opt(
+        None, "Multiply the rate by lr_gamma every N epochs (alternative to lr_milestones; mnist study default: 10)."
+    )
+    lr_gamma: Optional[float] = _opt(
+        None, "Step-schedule factor (None = study default: 0.5 for mnist, 0.1 for cifar10)."
+    )
+    batch_size: int = _opt(128, "Minibatch size.")
+    epochs: Optional[int] = _opt(None, "Training epochs (None = 30 for mnist, 90 for cifar10; see sweeps/table1.yaml).")
+    seed: int = _opt(0, "Seed for weights, data order, augmentation, noise, attacks and the Hessian sample.")
+    device: str = _opt("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
+
+    # ---- SGD variants (see each module in robustsweep.variants) ------------
+    svrg_snapshot_every: int = _opt(1, "SVRG: epochs between snapshots (Johnson & Zhang: once per epoch).")
+    svrg_snapshot_batch: int = _opt(
+        0, "SVRG: examples in the snapshot gradient (0 = the full training set; N >= batch_size: Babanezhad et al.'s large batch)."
+    )
+    noise_std: Optional[float] = _opt(
+        None, "sgdnoise: std sigma of the multiplicative loss-weight noise (None = derived from noise_ref_batch)."
+    )
+    noise_ref_batch: Optional[int] = _opt(
+        None, "sgdnoise: batch size whose SGD noise to emulate: sigma^2 = batch_size/ref - 1 (None with noise_std None = 32)."
+    )
+    sb_beta: float = _opt(1.0, "sgdselective: selectivity exponent beta in P = CDF(loss)^beta (Jiang et al.: 1, 2 or 3).")
+    sb_history: int = _opt(1024, "sgdselective: R, number of recent losses the CDF is taken over (reference code: 1024).")
+
+    # ---- evaluation -------------------------------------------------------
+    eps: Optional[tuple[float, ...]] = _opt(
+        None, "Attack radii in [0, 1] pixel units (None = study defaults: 0.03, 0.15 for mnist; 0.02 for cifar10)."
+    )
+    # The study does not give PGD's steps; 20 steps of 2.5*eps/steps is Madry et al. (2018)'s rule.
+    pgd_steps: int = _opt(20, "PGD iterations.")
+    pgd_step_size: Optional[float] = _opt(None, "PGD step size (None = 2.5 * eps / pgd_steps, Madry et al. 2018).")
+    attack_subset: int = _opt(0, "Attack the first N test examples only (0 = the whole test set).")
+    eval_batch_size: int = _opt(1000, "Batch size for test accuracy and attacks.")
+    hessian_samples: int = _opt(1000, "Fixed, seeded sample of training examples for the Hessian eigenvalue.")
+    # PyHessian's own defaults (maxIter=100, tol=1e-3).
+    hessian_iters: int = _opt(100, "Maximum power iterations for the top Hessian eigenvalue (PyHessian default).")
+    hessian_tol: float = _opt(1e-3, "Relative tolerance between power iterations (PyHessian default).")
+
+    # ---- tracking ---------------------------------------------------------
+    mlflow_tracking_uri: str = _opt("sqlite:///mlflow.db", "MLflow tracking URI (SQLite file, or http://host:port).")
+    mlflow_experiment: str = _opt("robustsweep", "MLflow experiment name.")
+
+    # ---- testing ----------------------------------------------------------
+    fail_at_epoch: int = _opt(
+        0, "Test-only fault injection: raise in this epoch (1-based) on a trial's first attempt (0 = never)."
+    )
+
+    # -----------------------------------------------------------------------
+    def resolved(self) -> "TrialConfig":
+        """Fill every dataset-dependent default with the study's value and validate the whole."""
+        cifar = self.dataset == "cifar10"
+        changes: dict[str, Any] = {}
+        if self.model is None:
+            changes["model"] = MODEL_FOR_DATASET[self.dataset]
+        if self.augment_crop is None:
+            changes["augment_crop"] = 4 if cifar else 0  # study: 4-pixel padded crops on CIFAR-10 only
+        if self.epochs is None:
+            changes["epochs"] = 90 if cifar else 30  # see sweeps/table1.yaml for why
+        if self.eps is None:
+            changes["eps"] = (0.02,) if cifar else (0.03, 0.15)  # study's eps per dataset
+        if self.lr is None and self.lr_batch_ratio is None:
+            changes["lr"] = 0.01  # the study's base constant rate
+        if self.schedule == "step":
+            if self.lr_milestones is None and self.lr_step_every is None:
+                if cifar:
+                    changes["lr_milestones"] = (60,)  # study: x0.1 at epoch 60
+                else:
+                    changes["lr_step_every"] = 10  # study: halve every 10 epochs
+            if self.lr_gamma is None:
+                changes["lr_gamma"] = 0.1 if cifar else 0.5
+        if self.variant == "sgdnoise" and self.noise_std is None and self.noise_ref_batch is None:
+            changes["noise_ref_batch"] = 32  # the study's smallest batch size
+        out = dataclasses.replace(self, **changes)
+        out.validate()
+        return out
+
+    @property
+    def effective_lr(self) -> float:
+        """The initial learning rate: lr, or lr_batch_ratio * batch_size."""
+        if self.lr_batch_ratio is not None:
+            return self.lr_batch_ratio * self.batch_size
+        return 0.01 if self.lr is None else self.lr
+
+    def validate(self) -> None:
+        """Check values and cross-field rules; raise ConfigError naming the key."""
+        from .variants import VARIANTS  # late import: variants import this module
+
+        def bad(key: str, value: Any, allowed: str) -> ConfigError:
+            return ConfigError(f"Invalid trial setting {key}={value!r}: {allowed}.")
+
+        if self.variant not in VARIANTS:
+            raise bad("variant", self.variant, "allowed variants are " + ", ".join(sorted(VARIANTS)))
+        if self.model is not None and MODEL_FOR_DATASET[self.dataset] != self.model:
+            raise bad("model", self.model,
+                      f"dataset {self.dataset} is trained with model {MODEL_FOR_DATASET[self.dataset]}")
+        if self.lr is not None and self.lr_batch_ratio is not None:
+            raise ConfigError(
+                f"Trial settings lr={self.lr} and lr_batch_ratio={self.lr_batch_ratio} are both set: "
+                "give either a learning rate or a constant learning-rate-to-batch-size ratio, not both."
+            )
+        positive = {"lr": self.lr, "lr_batch_ratio": self.lr_batch_ratio, "batch_size": self.batch_size,
+                    "epochs": self.epochs, "pgd_steps": self.pgd_steps, "eval_batch_size": self.eval_batch_size,
+                    "hessian_samples": self.hessian_samples, "hessian_iters": self.hessian_iters,
+                    "hessian_tol": self.hessian_tol, "svrg_snapshot_every": self.svrg_snapshot_every,
+                    "sb_beta": self.sb_beta, "sb_history": self.sb_history, "lr_gamma": self.lr_gamma,
+                    "lr_step_every": self.lr_step_every, "noise_ref_batch": self.noise_ref_batch,
+                    "pgd_step_size": self.pgd_step_size}
+        for key, value in positive.items():
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise bad(key, value, "must be a finite number > 0")
+        non_negative = {"subset": self.subset, "test_subset": self.test_subset, "attack_subset": self.attack_subset,
+                        "momentum": self.momentum, "weight_decay": self.weight_decay,
+                        "augment_crop": self.augment_crop, "svrg_snapshot_batch": self.svrg_snapshot_batch,
+                        "noise_std": self.noise_std, "fail_at_epoch": self.fail_at_epoch}
+        for key, value in non_negative.items():
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                raise bad(key, value, "must be a finite number >= 0")
+        if self.momentum >= 1:
+            raise bad("momentum", self.momentum, "must be in [0, 1)")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise bad("betas", list(self.betas), "must be two numbers in [0, 1)")
+        if self.eps is not None:
+            if not self.eps or not all(0 <= e <= 1 for e in self.eps):
+                raise bad("eps", list(self.eps), "must be a non-empty list of radii in [0, 1] (pixels are in [0, 1])")
+        if self.lr_milestones is not None and (
+            any(m < 1 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(set(self.lr_milestones))
+        ):
+            raise bad("lr_milestones", list(self.lr_milestones), "must be strictly increasing epochs >= 1")
+        if self.lr_milestones is not None and self.lr_step_every is not None:
+            raise ConfigError("Trial settings lr_milestones and lr_step_every are both set: give one of them.")
+        if self.svrg_snapshot_batch and self.svrg_snapshot_batch < self.batch_size:
+            raise bad("svrg_snapshot_batch", self.svrg_snapshot_batch,
+                      f"must be 0 (full training set) or >= batch_size ({self.batch_size})")
+        if self.noise_std is not None and self.noise_ref_batch is not None:
+            raise ConfigError("Trial settings noise_std and noise_ref_batch are both set: give one of them.")
+        if not (self.device in ("auto", "cpu", "cuda") or
+                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise bad("device", self.device, "allowed: auto, cpu, cuda, cuda:N")
+        if not self.mlflow_experiment.strip():
+            raise bad("mlflow_experiment", self.mlflow_experiment, "must be a non-empty name")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-friendly values (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+# ---------------------------------------------------------------------------
+# loading and type checking
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
+_HINTS = typing.get_type_hints(TrialConfig)
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(annotation)[0])}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(annotation, str(annotation))
+
+
+def coerce(key: str, value: Any, annotation: Any = None) -> Any:
+    """Check ``value`` against the type of setting ``key``; return it in canonical form."""
+    annotation = _HINTS[key] if annotation is None else annotation
+    origin = typing.get_origin(annotation)
+
+    def fail() -> ConfigError:
+        return ConfigError(
+            f"Invalid trial setting {key}={value!r}: expected {_type_name(_HINTS[key])}."
+        )
+
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return coerce(key, value, inner)
+    if origin is Literal:
+        if value not in typing.get_args(annotation):
+            raise fail()
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise fail()
+        item = typing.get_args(annotation)[0]
+        return tuple(coerce(key, v, item) for v in value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise fail()
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail()
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail()
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise fail()
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # a bug, not a user error
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings; values are read as YAML (``eps=[0.03,0.15]``, ``lr=0.1``)."""
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"Override {item!r} is not of the form key=value (for example lr=0.1 or eps=[0.03,0.15]).")
+        try:
+            parsed[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            parsed[key] = raw
+    return parsed
+
+
+def check_keys(mapping: Mapping[str, Any], where: str) -> None:
+    """Reject keys that are not TrialConfig settings, suggesting the closest name."""
+    import difflib
+
+    for key in mapping:
+        if key not in FIELDS:
+            close = difflib.get_close_matches(str(key), FIELDS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"Unknown trial setting {key!r} in {where}.{hint} "
+                "Run `robustsweep options` to list every setting with its meaning."
+            )
+
+
+def make_trial_config(values: Mapping[str, Any], where: str = "the trial config") -> TrialConfig:
+    """Build a TrialConfig from a mapping of setting -> value, checking names and types."""
+    check_keys(values, where)
+    kwargs = {k: coerce(k, v) for k, v in values.items()}
+    config = TrialConfig(**kwargs)
+    config.validate()
+    return config
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file that must contain a mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist. Check the path (it is read relative to {Path.cwd()}).")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML: {exc}. Fix the syntax at the position shown.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must contain a mapping of setting: value, not a {type(data).__name__}.")
+    return data
+
+
+def load_trial_config(path: str | Path | None, overrides: list[str] | None = None) -> TrialConfig:
+    """Load a trial config from YAML (or defaults when ``path`` is None) plus ``key=value`` overrides."""
+    values: dict[str, Any] = read_yaml_mapping(path) if path is not None else {}
+    check_keys(values, str(path))
+    override_values = parse_overrides(overrides or [])
+    check_keys(override_values, "the command-line overrides")
+    values.update(override_values)
+    return make_trial_config(values, str(path) if path else "the command-line overrides")

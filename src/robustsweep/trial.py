@@ -1,0 +1,237 @@
+"""One trial: train one model with one optimizer configuration, measure it, log it to MLflow.
+
+:func:`run_trial` is the single trainable used by the local debug mode
+(in-process, no Ray) and by the Ray Tune launcher (which passes callbacks to
+report and checkpoint every epoch, and the state of its latest checkpoint on
+a retry or restore).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+import yaml
+
+from . import metrics as keys
+from .attacks import attack_accuracy, clean_accuracy
+from .config import TrialConfig
+from .data import DeviceBatches, DeviceData
+from .hessian import hessian_sample, top_eigenvalue_with_iterations
+from .models import build_model
+from .tracking import TrialRun, device_name, git_commit, normalize_tracking_uri
+from .variants import VARIANTS, Variant
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the test-only ``fail_at_epoch`` switch."""
+
+
+@dataclass
+class TrialOutcome:
+    """What a trial ended with: 'finished' or 'diverged', its final metrics and per-epoch history."""
+
+    status: str
+    run_id: str
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    epochs_run: int = 0
+
+
+#: Called after every epoch with (epoch, that epoch's metrics, a function returning the checkpoint state).
+EpochCallback = Callable[[int, Mapping[str, float], Callable[[], dict[str, Any]]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from .errors import ConfigError
+
+        raise ConfigError(f"Trial setting device={name!r} asks for CUDA, but no GPU is visible here. "
+                          "Use device=cpu or device=auto.")
+    return device
+
+
+def lr_at_epoch(config: TrialConfig, epoch: int) -> float:
+    """Learning rate for 0-based ``epoch``: the initial rate times gamma per milestone passed."""
+    base = config.effective_lr
+    if config.schedule == "constant":
+        return base
+    if config.lr_step_every:
+        passed = epoch // config.lr_step_every
+    else:
+        passed = sum(epoch >= m for m in (config.lr_milestones or ()))
+    return base * (config.lr_gamma ** passed)
+
+
+def evaluate(model: torch.nn.Module, data: DeviceData, config: TrialConfig,
+             log: Callable[[str], None] = lambda _: None) -> dict[str, float]:
+    """Clean accuracy, FGSM/PGD accuracy and ratio at every eps, and the Hessian's top eigenvalue."""
+    out: dict[str, float] = {}
+    x_test, y_test = data.test.floats()
+    out[keys.CLEAN_ACC] = clean_accuracy(model, x_test, y_test, config.eval_batch_size)
+    attacked = data.test.head(config.attack_subset)
+    x_att, y_att = attacked.floats()
+    # The ratio compares attack and clean accuracy on the same (possibly subset) examples.
+    base = out[keys.ATTACKED_CLEAN_ACC] = clean_accuracy(model, x_att, y_att, config.eval_batch_size)
+    for eps in config.eps:
+        for attack in ("fgsm", "pgd"):
+            options = dict(batch_size=config.eval_batch_size, seed=config.seed)
+            if attack == "pgd":
+                options.update(steps=config.pgd_steps, step_size=config.pgd_step_size)
+            t0 = time.perf_counter()
+            acc = attack_accuracy(model, x_att, y_att, attack, eps, **options)
+            out[keys.attack_key(attack, "acc", eps)] = acc
+            out[keys.attack_key(attack, "ratio", eps)] = acc / base if base > 0 else 0.0
+            log(f"{attack} eps={eps:g}: accuracy {acc:.4f} ({time.perf_counter() - t0:.1f}s)")
+    index = hessian_sample(data.train.images, data.train.labels, config.hessian_samples, config.seed)
+    x_h, y_h = data.train.floats(index.to(data.train.labels.device))
+    t0 = time.perf_counter()
+    eig = top_eigenvalue_with_iterations(model, x_h, y_h, max_iter=config.hessian_iters,
+                                         tol=config.hessian_tol, seed=config.seed)
+    out[keys.HESSIAN_TOP_EIG] = eig.eigenvalue
+    out[keys.HESSIAN_ITERS] = float(eig.iterations)
+    log(f"hessian top eigenvalue {eig.eigenvalue:.4g} after {eig.iterations} iterations "
+        f"({time.perf_counter() - t0:.1f}s)")
+    return out
+
+
+def _train_epoch(variant: Variant, batches: DeviceBatches, progress: Optional[Any]) -> tuple[float, float]:
+    loss_sum = torch.zeros((), device=batches.split.images.device)
+    correct = torch.zeros((), dtype=torch.long, device=batches.split.images.device)
+    count = 0
+    for x, y in batches:
+        step = variant.train_step(x, y)
+        loss_sum += step.loss_sum
+        correct += step.correct
+        count += step.count
+        if progress is not None:
+            progress.update(1)
+    count = max(count, 1)
+    return float(loss_sum) / count, float(correct) / count
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def run_trial(config: TrialConfig, *, resume_state: dict[str, Any] | None = None,
+              on_epoch_end: EpochCallback | None = None, tags: Mapping[str, str] | None = None,
+              run_name: str | None = None, progress: bool = False,
+              log: Callable[[str], None] = lambda _: None) -> TrialOutcome:
+    """Train, evaluate and log one trial; see the module docstring.
+
+    ``resume_state`` is what a previous attempt's checkpoint held (model,
+    variant and RNG states, epoch, history and the MLflow run id): training
+    continues from there, into the same MLflow run.
+    """
+    config = config.resolved()
+    uri = normalize_tracking_uri(config.mlflow_tracking_uri)
+    device = resolve_device(config.device)
+    run = TrialRun(uri, config.mlflow_experiment, run_id=(resume_state or {}).get("run_id"),
+                   run_name=run_name, tags={"git_commit": git_commit(), "torch_version": torch.__version__,
+                                            "device_name": device_name(device), **(tags or {})})
+    try:
+        return _run(config, run, device, resume_state, on_epoch_end, progress, log)
+    except BaseException as exc:  # KeyboardInterrupt too: the run must not stay RUNNING
+        run.fail(exc)
+        raise
+
+
+def _run(config: TrialConfig, run: TrialRun, device: torch.device, resume_state: dict[str, Any] | None,
+         on_epoch_end: EpochCallback | None, progress: bool, log: Callable[[str], None]) -> TrialOutcome:
+    if not run.resumed:
+        run.log_params(config.to_dict())
+    data = DeviceData.load(config.dataset, config.data_root, device, download=config.download,
+                           verify_checksums=config.verify_checksums, train_subset=config.subset,
+                           test_subset=config.test_subset)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model).to(device)
+    data_generator = torch.Generator().manual_seed(config.seed)
+    variant = VARIANTS[config.variant](model, config, data.train, torch.Generator().manual_seed(config.seed + 1))
+    batches = DeviceBatches(data.train, config.batch_size, data_generator, flip=config.augment_flip,
+                            crop_padding=config.augment_crop)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        variant.load_state_dict(resume_state["variant"])
+        data_generator.set_state(resume_state["data_generator"])
+        _set_rng_state(resume_state["rng"], device)
+        history = list(resume_state["history"])
+        start_epoch = int(resume_state["epoch"])
+        log(f"resumed at epoch {start_epoch} into MLflow run {run.run_id}")
+
+    def checkpoint_state(epoch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "model": model.state_dict(), "variant": variant.state_dict(),
+                "data_generator": data_generator.get_state(), "rng": _rng_state(device),
+                "history": list(history), "run_id": run.run_id}
+
+    diverged_at = 0
+    for epoch in range(start_epoch, config.epochs):
+        if config.fail_at_epoch == epoch + 1 and resume_state is None:
+            raise InjectedFailure(f"injected failure in epoch {epoch + 1} (fail_at_epoch, first attempt only)")
+        lr = lr_at_epoch(config, epoch)
+        variant.set_lr(lr)
+        model.train()
+        variant.start_epoch(epoch, batches)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch")
+        t0 = time.perf_counter()
+        train_loss, train_acc = _train_epoch(variant, batches, bar)
+        seconds = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        x_test, y_test = data.test.floats()
+        metrics = {"train_loss": train_loss, "train_acc": train_acc,
+                   "test_acc": clean_accuracy(model, x_test, y_test, config.eval_batch_size),
+                   "lr": lr, "epoch_seconds": seconds, **variant.end_epoch()}
+        history.append({"epoch": epoch + 1, **metrics})
+        run.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch + 1)
+        log(f"epoch {epoch + 1}/{config.epochs}: loss {train_loss:.4f} train acc {train_acc:.4f} "
+            f"test acc {metrics['test_acc']:.4f} lr {lr:.4g} ({seconds:.1f}s)")
+        if not math.isfinite(train_loss):
+            diverged_at = epoch + 1
+            break
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, metrics, lambda e=epoch + 1: checkpoint_state(e))
+
+    if diverged_at:
+        log(f"training diverged in epoch {diverged_at} (loss is not finite): stopped, no attacks or Hessian")
+        run.log_metrics({"diverged": 1.0, "diverged_epoch": float(diverged_at)}, step=diverged_at)
+        run.set_tags({"outcome": "diverged",
+                      "diverged_reason": f"training loss became non-finite in epoch {diverged_at}"})
+        run.finish("FINISHED")
+        return TrialOutcome("diverged", run.run_id, {"diverged": 1.0, "diverged_epoch": float(diverged_at)},
+                            history, diverged_at)
+
+    final = evaluate(model, data, config, log)
+    final["diverged"] = 0.0
+    run.log_metrics(final, step=config.epochs)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(model.state_dict(), Path(tmp) / "model.pt")
+        (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        run.log_artifact(Path(tmp) / "model.pt")
+        run.log_artifact(Path(tmp) / "config.yaml")
+    run.set_tags({"outcome": "finished"})
+    run.finish("FINISHED")
+    return TrialOutcome("finished", run.run_id, final, history, config.epochs)

@@ -1,0 +1,12 @@
+"""Optimizer variants, selected by name. Each lives in its own module behind :class:`~.base.Variant`."""
+
+from __future__ import annotations
+
+from .adam import Adam
+from .adamw import AdamW
+from .base import StepResult, Variant
+from .sgd import SGD
+
+VARIANTS: dict[str, type[Variant]] = {cls.name: cls for cls in (SGD, Adam, AdamW)}
+
+__all__ = ["VARIANTS", "Variant", "StepResult"]
