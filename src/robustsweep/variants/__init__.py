@@ -6,7 +6,12 @@ from .adam import Adam
 from .adamw import AdamW
 from .base import StepResult, Variant
 from .sgd import SGD
+from .sgdnoise import NoisySGD
+from .sgdselective import SelectiveBackprop
+from .svrg import SVRG
 
-VARIANTS: dict[str, type[Variant]] = {cls.name: cls for cls in (SGD, Adam, AdamW)}
+VARIANTS: dict[str, type[Variant]] = {
+    cls.name: cls for cls in (SGD, SVRG, NoisySGD, SelectiveBackprop, Adam, AdamW)
+}
 
 __all__ = ["VARIANTS", "Variant", "StepResult"]
