@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,26 @@ from typing import Any, Literal, Mapping, Optional
 import yaml
 
 from .errors import ConfigError
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-3 and 1e6 as floats (YAML 1.1, and so PyYAML, reads them as strings)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML safely, with scientific-notation numbers read as floats."""
+    return yaml.load(text, Loader=_Loader)
+
 
 DATASETS = ("mnist", "cifar10")
 MODELS = ("m1", "vgg11")
@@ -296,7 +317,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"Override {item!r} is not of the form key=value (for example lr=0.1 or eps=[0.03,0.15]).")
         try:
-            parsed[key] = yaml.safe_load(raw) if raw.strip() else ""
+            parsed[key] = yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             parsed[key] = raw
     return parsed
@@ -331,7 +352,7 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist. Check the path (it is read relative to {Path.cwd()}).")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config file {path} is not valid YAML: {exc}. Fix the syntax at the position shown.") from None
     if data is None:

@@ -1,0 +1,149 @@
+"""The measurement functions against exact math: the Hessian's top eigenvalue and the attacks."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from robustsweep.attacks import attack_accuracy, build_attack, clean_accuracy
+from robustsweep.hessian import top_eigenvalue, top_eigenvalue_with_iterations
+
+
+def _exact_hessian_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    names = [n for n, p in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
+
+    def loss(theta):
+        params = {n: t.reshape(s) for n, t, s in zip(names, theta.split(sizes), shapes)}
+        return F.cross_entropy(functional_call(model.double(), params, (x.double(),)), y)
+
+    h = torch.autograd.functional.hessian(loss, flat)
+    model.float()
+    return torch.linalg.eigvalsh(h)
+
+
+def _data(n=40, d=5, k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randint(0, k, (n,), generator=g)
+
+
+def test_top_eigenvalue_matches_exact_hessian_of_softmax_regression():
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3)
+    x, y = _data()
+    exact = _exact_hessian_eigenvalues(model, x, y)
+    # Softmax regression is convex: the top eigenvalue is also the largest in magnitude.
+    assert exact.min() > -1e-8
+    got = top_eigenvalue(model, x, y, max_iter=1000, tol=1e-8)
+    assert got == pytest.approx(float(exact.max()), rel=0.01)
+
+
+def test_top_eigenvalue_matches_exact_hessian_of_a_small_mlp():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+    x, y = _data(seed=1)
+    exact = _exact_hessian_eigenvalues(model, x, y)
+    # Power iteration converges to the eigenvalue of largest magnitude; here that is the top one.
+    assert exact.max() > abs(exact.min())
+    result = top_eigenvalue_with_iterations(model, x, y, max_iter=1000, tol=1e-8)
+    assert result.eigenvalue == pytest.approx(float(exact.max()), rel=0.01)
+    assert 1 < result.iterations <= 1000
+
+
+def test_top_eigenvalue_restores_mode_clears_grads_and_skips_unused_parameters():
+    torch.manual_seed(0)
+
+    class WithUnused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Linear(5, 3)
+            self.unused = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.used(x)
+
+    model = WithUnused().train()
+    x, y = _data()
+    exact = _exact_hessian_eigenvalues(model.used, x, y)
+    got = top_eigenvalue(model, x, y, max_iter=500, tol=1e-8)
+    assert got == pytest.approx(float(exact.max()), rel=0.01)
+    assert model.training
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+def test_top_eigenvalue_is_seeded_and_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+    x, y = _data()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = top_eigenvalue(model, x, y, max_iter=5, tol=0.0, seed=7)
+    assert torch.equal(before, torch.get_rng_state())
+    assert a == top_eigenvalue(model, x, y, max_iter=5, tol=0.0, seed=7)
+
+
+class _TinyImageModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _images(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 4, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def test_fgsm_equals_a_hand_computed_sign_gradient_step():
+    torch.manual_seed(0)
+    model = _TinyImageModel()
+    x, y = _images()
+    eps = 0.1
+    xr = x.clone().requires_grad_(True)
+    grad, = torch.autograd.grad(F.cross_entropy(model(xr), y), xr)
+    expected = (x + eps * grad.sign()).clamp(0, 1)
+    adversarial = build_attack(model, "fgsm", eps)(x, y)
+    assert torch.allclose(adversarial, expected, atol=1e-7)
+    hand_accuracy = float((model(expected).argmax(1) == y).float().mean())
+    assert attack_accuracy(model, x, y, "fgsm", eps) == pytest.approx(hand_accuracy)
+
+
+def test_pgd_is_no_better_than_clean_and_fgsm_and_stays_in_the_ball():
+    torch.manual_seed(0)
+    model = _TinyImageModel()
+    x, y = _images(256)
+    # train briefly so clean accuracy is well above chance
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(100):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    clean = clean_accuracy(model, x, y)
+    pgd = attack_accuracy(model, x, y, "pgd", 0.1, steps=10)
+    assert pgd <= clean
+    adversarial = build_attack(model, "pgd", 0.1, steps=10)(x, y)
+    assert (adversarial - x).abs().max() <= 0.1 + 1e-6
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_eps_zero_gives_clean_accuracy(attack):
+    torch.manual_seed(0)
+    model = _TinyImageModel()
+    x, y = _images()
+    assert attack_accuracy(model, x, y, attack, 0.0, batch_size=16) == clean_accuracy(model, x, y)
+
+
+def test_attack_accuracy_is_a_fraction_and_restores_training_mode():
+    model = _TinyImageModel().train()
+    x, y = _images()
+    acc = attack_accuracy(model, x, y, "pgd", 0.3, steps=3)
+    assert 0.0 <= acc <= 1.0
+    assert model.training
+    with pytest.raises(ValueError, match="unknown attack"):
+        attack_accuracy(model, x, y, "cw", 0.1)
