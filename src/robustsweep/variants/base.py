@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +32,16 @@ class StepResult:
     count: int
 
 
+def per_example_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction="none")
+
+
 class Variant:
     """Base class: plain minibatch SGD step on the mean cross-entropy; subclasses change what they must."""
 
     name: ClassVar[str] = ""
+    #: Per-example loss (outputs, targets) -> (B,). Cross-entropy for the study; tests swap in least squares.
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = staticmethod(per_example_cross_entropy)
 
     def __init__(self, model: nn.Module, config: TrialConfig, train: Split, generator: torch.Generator):
         self.model = model
@@ -59,7 +65,7 @@ class Variant:
         """One minibatch: forward, loss, backward, optimizer step."""
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.model(x)
-        losses = F.cross_entropy(logits, y, reduction="none")
+        losses = self.loss_fn(logits, y)
         self.batch_loss(losses).backward()
         self.optimizer.step()
         self.counters["grad_evals"] += len(y)

@@ -38,7 +38,6 @@ import contextlib
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data import DeviceBatches
@@ -77,6 +76,8 @@ class SelectiveBackprop(Variant):
         self.pool_x: torch.Tensor | None = None
         self.pool_y: torch.Tensor | None = None
         self.select_all = True
+        #: Which examples of the latest incoming batch were selected (for inspection and tests).
+        self.last_chosen: torch.Tensor | None = None
 
     def start_epoch(self, epoch: int, batches: DeviceBatches) -> None:
         self.select_all = epoch == 0
@@ -87,12 +88,13 @@ class SelectiveBackprop(Variant):
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         with torch.no_grad():
             logits = self.model(x)
-            losses = F.cross_entropy(logits, y, reduction="none")
+            losses = self.loss_fn(logits, y)
         if self.select_all:
             chosen = torch.ones_like(y, dtype=torch.bool)
         else:
             p = selection_probability(losses, self.history, self.config.sb_beta)
             chosen = torch.rand(len(y), generator=self.generator).to(p.device) < p
+        self.last_chosen = chosen
         self.record(losses)
         self.counters["sb_forward"] += len(y)
         self.pool_x = x[chosen] if self.pool_x is None else torch.cat([self.pool_x, x[chosen]])
@@ -106,7 +108,7 @@ class SelectiveBackprop(Variant):
     def backprop(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         with frozen_batchnorm_statistics(self.model):
-            F.cross_entropy(self.model(x), y).backward()
+            self.loss_fn(self.model(x), y).mean().backward()
         self.optimizer.step()
         self.counters["sb_backward"] += len(y)
         self.counters["grad_evals"] += len(y)

@@ -40,7 +40,6 @@ import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..data import DeviceBatches
 from .base import StepResult, Variant
@@ -65,30 +64,36 @@ class SVRG(Variant):
         self.snapshot.train()
         params = list(self.snapshot.parameters())
         total = [torch.zeros_like(p) for p in params]
-        limit = self.config.svrg_snapshot_batch or len(batches.split)
+        limit = self.config.svrg_snapshot_batch or None  # None: one full pass
         seen = 0
         for x, y in batches:
-            x, y = x[: limit - seen], y[: limit - seen]
-            loss = F.cross_entropy(self.snapshot(x), y, reduction="sum")
+            if limit is not None:
+                x, y = x[: limit - seen], y[: limit - seen]
+            loss = self.loss_fn(self.snapshot(x), y).sum()
             for acc, g in zip(total, torch.autograd.grad(loss, params)):
                 acc += g
             seen += len(y)
-            if seen >= limit:
+            if limit is not None and seen >= limit:
                 break
         self.mu = [t / seen for t in total]
         self.counters["grad_evals"] += seen
         self.counters["snapshots"] += 1
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        params = [p for p in self.model.parameters()]
+    def direction(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The variance-reduced direction g_B(w) - g_B(w~) + mu, with the outputs and losses at w."""
         logits = self.model(x)
-        losses = F.cross_entropy(logits, y, reduction="none")
-        grads = torch.autograd.grad(losses.mean(), params)
-        snap_grads = torch.autograd.grad(F.cross_entropy(self.snapshot(x), y), list(self.snapshot.parameters()))
-        for p, g, gs, mu in zip(params, grads, snap_grads, self.mu):
-            p.grad = g - gs + mu
-        self.optimizer.step()
+        losses = self.loss_fn(logits, y)
+        grads = torch.autograd.grad(losses.mean(), list(self.model.parameters()))
+        snap_loss = self.loss_fn(self.snapshot(x), y).mean()
+        snap_grads = torch.autograd.grad(snap_loss, list(self.snapshot.parameters()))
         self.counters["grad_evals"] += 2 * len(y)
+        return [g - gs + mu for g, gs, mu in zip(grads, snap_grads, self.mu)], logits, losses
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        direction, logits, losses = self.direction(x, y)
+        for p, d in zip(self.model.parameters(), direction):
+            p.grad = d
+        self.optimizer.step()
         return self.result(logits, losses, y)
 
     def extra_state(self) -> dict[str, Any]:

@@ -1,0 +1,228 @@
+"""The SGD variants against their math, and each one training through the real entry points."""
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from robustsweep.cli import main
+from robustsweep.config import TrialConfig, make_trial_config
+from robustsweep.data import Split
+from robustsweep.trial import run_trial
+from robustsweep.variants import VARIANTS
+from robustsweep.variants.sgdnoise import noise_std_for
+from robustsweep.variants.sgdselective import selection_probability
+
+from .conftest import TINY_EVAL
+
+# ---------------------------------------------------------------------------------------------
+# SVRG on a strongly convex least-squares problem
+
+
+def _least_squares(n=64, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, d, generator=g, dtype=torch.float64)
+    b = a @ torch.randn(d, generator=g, dtype=torch.float64) + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    w_star = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
+    return a, b, w_star
+
+
+def _squared_error(out, y):
+    return 0.5 * (out[:, 0] - y) ** 2
+
+
+class _Batches:
+    """Reshuffled minibatches of (a, b) each pass, like DeviceBatches for float features."""
+
+    def __init__(self, a, b, size, seed):
+        self.a, self.b, self.size = a, b, size
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.b), generator=self.g)
+        for s in range(0, len(order), self.size):
+            i = order[s:s + self.size]
+            yield self.a[i], self.b[i]
+
+
+def _variant(name, model, **settings):
+    config = TrialConfig(variant=name, **settings).resolved()
+    split = Split(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
+    variant = VARIANTS[name](model, config, split, torch.Generator().manual_seed(0))
+    variant.loss_fn = _squared_error
+    return variant
+
+
+def _train_least_squares(name, epochs, lr=0.05):
+    a, b, w_star = _least_squares()
+    model = nn.Linear(a.shape[1], 1, bias=False).double()
+    nn.init.zeros_(model.weight)
+    variant = _variant(name, model, lr=lr, batch_size=4, augment_flip=False)
+    batches = _Batches(a, b, 4, seed=1)
+    errors = []
+    for epoch in range(epochs):
+        variant.start_epoch(epoch, batches)
+        for x, y in batches:
+            variant.train_step(x, y)
+        errors.append(float((model.weight[0] - w_star).norm()))
+    return errors, variant, model, (a, b, w_star)
+
+
+def test_svrg_converges_geometrically_where_sgd_plateaus():
+    svrg, *_ = _train_least_squares("svrg", 60)
+    sgd, *_ = _train_least_squares("sgd", 60)
+    assert svrg[-1] < 1e-10  # near machine precision for these magnitudes
+    assert sgd[-1] > 1e-3 and min(sgd[30:]) > 1e-3  # SGD at a constant step stalls at its noise floor
+    # geometric: the log-error falls roughly linearly; every 10 epochs it shrinks by at least 10x
+    for e in range(10, 50, 10):
+        assert svrg[e + 10] < svrg[e] / 10
+
+
+def test_svrg_direction_has_lower_variance_than_sgd_near_the_optimum():
+    _, variant, model, (a, b, w_star) = _train_least_squares("svrg", 5)
+    with torch.no_grad():
+        model.weight[0] = w_star + 1e-3 * torch.ones_like(w_star)
+    batches = _Batches(a, b, 4, seed=2)
+    variant.take_snapshot(batches)  # snapshot at the current point near the optimum
+    with torch.no_grad():
+        model.weight[0] += 1e-4  # the iterate moves on from the snapshot
+    svrg_dirs, sgd_dirs = [], []
+    for x, y in batches:
+        direction, _, _ = variant.direction(x, y)
+        svrg_dirs.append(direction[0].reshape(-1))
+        sgd_dirs.append(torch.autograd.grad(_squared_error(model(x), y).mean(), model.weight)[0].reshape(-1))
+    svrg_var = torch.stack(svrg_dirs).var(0).sum()
+    sgd_var = torch.stack(sgd_dirs).var(0).sum()
+    assert svrg_var < 1e-3 * sgd_var
+
+
+def test_svrg_counts_gradient_evaluations_and_large_batch_snapshot():
+    errors, variant, *_ = _train_least_squares("svrg", 1)
+    counts = variant.end_epoch()
+    assert counts["grad_evals"] == 64 + 2 * 64  # one snapshot pass plus two gradients per example
+    a, b, _ = _least_squares()
+    model = nn.Linear(5, 1, bias=False).double()
+    v = _variant("svrg", model, lr=0.05, batch_size=4, svrg_snapshot_batch=16)
+    v.take_snapshot(_Batches(a, b, 4, seed=0))
+    assert v.end_epoch()["grad_evals"] == 16
+
+
+# ---------------------------------------------------------------------------------------------
+# multiplicative noisy SGD
+
+
+def test_noisy_sgd_gradient_mean_and_covariance_match_the_fisher_formula():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    sigma = 0.8
+    variant = _variant("sgdnoise", model, noise_std=sigma, batch_size=8)
+    variant.loss_fn = lambda out, y: nn.functional.cross_entropy(out, y, reduction="none")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (8,), generator=g)
+    params = list(model.parameters())
+
+    def flat_grad(loss):
+        return torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, params)])
+
+    per_example = torch.stack([flat_grad(variant.loss_fn(model(x[i:i + 1]), y[i:i + 1]).sum()) for i in range(8)])
+    g_batch = per_example.mean(0)
+    expected_cov = sigma ** 2 / 8 ** 2 * per_example.T @ per_example
+    draws = torch.stack([flat_grad(variant.batch_loss(variant.loss_fn(model(x), y))) for _ in range(6000)])
+    # mean: within 5 standard errors per coordinate
+    standard_error = expected_cov.diagonal().sqrt() / 6000 ** 0.5
+    assert ((draws.mean(0) - g_batch).abs() <= 5 * standard_error + 1e-12).all()
+    # covariance: relative Frobenius error below 10% (Monte Carlo error ~ sqrt(2/6000) ~ 2%)
+    centered = draws - g_batch
+    empirical_cov = centered.T @ centered / len(draws)
+    assert (empirical_cov - expected_cov).norm() / expected_cov.norm() < 0.10
+
+
+def test_noise_scale_from_reference_batch():
+    assert noise_std_for(256, 32) == pytest.approx(7 ** 0.5)
+    assert noise_std_for(32, 32) == 0.0 and noise_std_for(16, 32) == 0.0
+    config = TrialConfig(variant="sgdnoise", batch_size=128).resolved()
+    model = nn.Linear(2, 2)
+    v = VARIANTS["sgdnoise"](model, config, Split(torch.zeros(1), torch.zeros(1)), torch.Generator())
+    assert v.sigma == pytest.approx(3 ** 0.5)  # default reference batch 32: 128/32 - 1 = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Selective Backprop
+
+
+def test_selection_probability_against_hand_computed_percentiles():
+    history = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    losses = torch.tensor([0.5, 2.5, 3.0, 5.0])
+    # fraction strictly lower: 0/4, 2/4, 2/4, 4/4
+    assert selection_probability(losses, history, 1.0).tolist() == [0.0, 0.5, 0.5, 1.0]
+    assert selection_probability(losses, history, 2.0).tolist() == [0.0, 0.25, 0.25, 1.0]
+    assert selection_probability(losses, torch.empty(0), 3.0).tolist() == [1.0] * 4
+
+
+def _selective(beta, mnist_root, epochs=2):
+    from robustsweep.data import DeviceBatches, load_split
+    from robustsweep.models import M1
+
+    torch.manual_seed(0)
+    train = load_split("mnist", mnist_root, True).head(1024)
+    model = M1()
+    config = TrialConfig(variant="sgdselective", sb_beta=beta, batch_size=64, lr=0.05).resolved()
+    variant = VARIANTS["sgdselective"](model, config, train, torch.Generator().manual_seed(0))
+    batches = DeviceBatches(train, 64, torch.Generator().manual_seed(0))
+    per_epoch, selected, rejected = [], [], []
+    for epoch in range(epochs):
+        variant.start_epoch(epoch, batches)
+        for x, y in batches:
+            variant.train_step(x, y)
+            if epoch > 0:
+                batch_losses = variant.history[-len(y):]  # this batch's losses, just recorded
+                selected.append(batch_losses[variant.last_chosen])
+                rejected.append(batch_losses[~variant.last_chosen])
+        per_epoch.append(variant.end_epoch())
+    return per_epoch, torch.cat(selected), torch.cat(rejected)
+
+
+def test_selective_backprop_first_epoch_uses_every_example_and_beta_selects(mnist_root):
+    epochs1, selected, rejected = _selective(1.0, mnist_root)
+    assert epochs1[0]["sb_forward"] == epochs1[0]["sb_backward"] == 1024
+    assert epochs1[1]["sb_forward"] == 1024
+    assert 0 < epochs1[1]["sb_backward"] < 1024
+    assert selected.mean() > rejected.mean()  # the biggest losers are the ones back-propagated
+    epochs3, _, _ = _selective(3.0, mnist_root)
+    assert epochs3[1]["sb_backward"] < epochs1[1]["sb_backward"]
+
+
+# ---------------------------------------------------------------------------------------------
+# every variant through the real entry points
+
+
+@pytest.mark.parametrize("variant, lr", [("sgd", 0.05), ("svrg", 0.05), ("sgdnoise", 0.05),
+                                         ("sgdselective", 0.05), ("adam", 0.001), ("adamw", 0.001)])
+def test_each_variant_trains_m1_through_robustsweep_run(variant, lr, mnist_root, mlflow_uri, capsys):
+    epochs = 2 if variant == "sgdselective" else 1  # SB's first epoch is plain SGD by design
+    code = main(["run", f"variant={variant}", f"lr={lr}", f"data_root={mnist_root}", "device=cpu",
+                 f"mlflow_tracking_uri={mlflow_uri}", "subset=3000", f"epochs={epochs}", "batch_size=64",
+                 *(["noise_ref_batch=16"] if variant == "sgdnoise" else []), *TINY_EVAL, "--quiet"])
+    assert code == 0, capsys.readouterr()
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("robustsweep").experiment_id])
+    # 3000 examples at batch 64 reach ~0.75 after one epoch; chance is 0.1. 0.5 is five times chance.
+    assert run.data.metrics["clean_acc"] >= 0.5, run.data.metrics
+    assert run.data.params["variant"] == variant
+    assert run.data.metrics["grad_evals"] > 0
+    if variant == "sgdselective":
+        history = client.get_metric_history(run.info.run_id, "sb_backward")
+        assert [m.step for m in history] == [1, 2] and history[1].value < 3000
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_each_variant_steps_vgg11_on_cifar_format_data(variant, cifar_root, mlflow_uri):
+    config = make_trial_config({
+        "dataset": "cifar10", "variant": variant, "data_root": str(cifar_root), "verify_checksums": False,
+        "download": False, "mlflow_tracking_uri": mlflow_uri, "device": "cpu", "epochs": 2, "batch_size": 16,
+        "lr": 0.01, "subset": 32, "attack_subset": 4, "hessian_samples": 4, "pgd_steps": 1, "hessian_iters": 2,
+        "eval_batch_size": 16, "eps": [0.02]})
+    outcome = run_trial(config)
+    assert outcome.status == "finished"
+    assert all(h["train_loss"] == h["train_loss"] for h in outcome.history)  # finite, not NaN
