@@ -46,6 +46,77 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_sweep_result(result) -> int:
+    rows = result.rows
+    print()
+    print(f"sweep {result.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(result.counts().items())))
+    columns = ["trial_id", "outcome", "variant", "batch_size", "lr", "seed", "clean_acc", "hessian_top_eig"]
+    table = [[_cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) if table else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    for row in rows:
+        if row.get("error"):
+            print(f"  {row['trial_id']} failed: {row['error']}")
+    if result.experiment_dir:
+        print(f"Ray experiment state: {result.experiment_dir}")
+    bad = sum(1 for row in rows if row["outcome"] in ("failed", "unfinished"))
+    return 1 if bad else 0
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .sweep import load_sweep
+
+    spec = load_sweep(args.sweep)
+    print(f"{args.sweep}: sweep {spec.name!r} is valid: {len(spec.trials)} trials "
+          f"({len(spec.seeds)} seed{'s' if len(spec.seeds) > 1 else ''}), MLflow {spec.tracking_uri} "
+          f"[{spec.experiment}], storage {spec.storage_path}")
+    _print_table([(name, f"{count:>5} trials   {axes}") for name, count, axes in spec.summary()], "groups:")
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from .launch import launch, run_debug
+    from .sweep import load_sweep
+
+    spec = load_sweep(args.sweep)
+    print(f"sweep {spec.name}: {len(spec.trials)} trials -> MLflow {spec.tracking_uri} [{spec.experiment}]",
+          flush=True)
+    if args.debug:
+        result = run_debug(spec, log=lambda m: print(m, flush=True))
+    else:
+        result = launch(spec, address=args.address, verbose=args.verbose)
+    return _print_sweep_result(result)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .launch import resume
+
+    return _print_sweep_result(resume(args.name, storage_path=args.storage_path, address=args.address,
+                                      verbose=args.verbose))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .launch import status
+
+    st = status(args.name, args.storage_path)
+    print(f"sweep {st.name}: {st.total} trials")
+    _print_table([(k, str(v)) for k, v in st.counts.items()])
+    print(f"MLflow: {st.tracking_uri} experiment {st.experiment!r} "
+          f"(mlflow ui --backend-store-uri {st.tracking_uri})")
+    print(f"Ray experiment state and checkpoints: {st.experiment_dir}")
+    for trial_id, error in st.failures:
+        print(f"  failed {trial_id}: {error.splitlines()[0] if error else ''}")
+    return 0
+
+
 def cmd_options(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -71,6 +142,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="dataset folder (also ROBUSTSWEEP_DATA_ROOT)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a sweep file and summarize its trials; runs nothing")
+    validate.add_argument("sweep", help="sweep YAML file, e.g. sweeps/table1.yaml")
+    validate.set_defaults(func=cmd_validate)
+
+    def ray_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--address", default=None,
+                       help="Ray cluster to attach to ('auto' on a cluster's head node); default: local Ray")
+        p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Ray Tune's progress output")
+
+    launch = sub.add_parser("launch", help="run a sweep on Ray Tune (or in-process with --debug)")
+    launch.add_argument("sweep", help="sweep YAML file")
+    launch.add_argument("--debug", action="store_true", help="run the trials in-process one by one, without Ray")
+    ray_options(launch)
+    launch.set_defaults(func=cmd_launch)
+
+    resume = sub.add_parser("resume", help="continue an interrupted sweep from its checkpoints")
+    resume.add_argument("name", help="the sweep's name (its `name:` key)")
+    resume.add_argument("--storage-path", default=None, help="the sweep's storage_path (default ./ray_results)")
+    ray_options(resume)
+    resume.set_defaults(func=cmd_resume)
+
+    status = sub.add_parser("status", help="count pending / running / finished / failed / diverged trials")
+    status.add_argument("name", help="the sweep's name")
+    status.add_argument("--storage-path", default=None, help="the sweep's storage_path (default ./ray_results)")
+    status.set_defaults(func=cmd_status)
 
     options = sub.add_parser("options", help="list every trial setting with its default and meaning")
     options.set_defaults(func=cmd_options)

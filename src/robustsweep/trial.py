@@ -131,7 +131,7 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def run_trial(config: TrialConfig, *, resume_state: dict[str, Any] | None = None,
+def run_trial(config: TrialConfig, *, resume_state: dict[str, Any] | None = None, run_id: str | None = None,
               on_epoch_end: EpochCallback | None = None, tags: Mapping[str, str] | None = None,
               run_name: str | None = None, progress: bool = False,
               log: Callable[[str], None] = lambda _: None) -> TrialOutcome:
@@ -139,12 +139,14 @@ def run_trial(config: TrialConfig, *, resume_state: dict[str, Any] | None = None
 
     ``resume_state`` is what a previous attempt's checkpoint held (model,
     variant and RNG states, epoch, history and the MLflow run id): training
-    continues from there, into the same MLflow run.
+    continues from there, into the same MLflow run. ``run_id`` reopens an
+    existing MLflow run for a trial that starts from scratch (an earlier
+    attempt died before its first checkpoint).
     """
     config = config.resolved()
     uri = normalize_tracking_uri(config.mlflow_tracking_uri)
     device = resolve_device(config.device)
-    run = TrialRun(uri, config.mlflow_experiment, run_id=(resume_state or {}).get("run_id"),
+    run = TrialRun(uri, config.mlflow_experiment, run_id=(resume_state or {}).get("run_id", run_id),
                    run_name=run_name, tags={"git_commit": git_commit(), "torch_version": torch.__version__,
                                             "device_name": device_name(device), **(tags or {})})
     try:
@@ -156,8 +158,7 @@ def run_trial(config: TrialConfig, *, resume_state: dict[str, Any] | None = None
 
 def _run(config: TrialConfig, run: TrialRun, device: torch.device, resume_state: dict[str, Any] | None,
          on_epoch_end: EpochCallback | None, progress: bool, log: Callable[[str], None]) -> TrialOutcome:
-    if not run.resumed:
-        run.log_params(config.to_dict())
+    run.log_params(config.to_dict())  # idempotent: a reopened run gets the same values again
     data = DeviceData.load(config.dataset, config.data_root, device, download=config.download,
                            verify_checksums=config.verify_checksums, train_subset=config.subset,
                            test_subset=config.test_subset)

@@ -1,0 +1,371 @@
+"""Run a sweep on Ray Tune (or in-process with ``debug``), resume it, and report its status.
+
+Each Ray trial runs :func:`robustsweep.trial.run_trial`, reports every epoch
+and checkpoints the trial's whole state there (model, optimizer/variant, RNG,
+epoch, MLflow run id). A retried trial (``FailureConfig``) or a restored sweep
+continues from that checkpoint into the same MLflow run. A trial that never
+reached a checkpoint finds its own run again by its tags (sweep, trial id),
+and a trial whose run already FINISHED is not trained again: one MLflow run
+per trial, whatever happens to the driver.
+
+The expanded sweep is saved next to Ray's experiment state
+(``<storage_path>/<name>/robustsweep-sweep.json``), so ``resume NAME`` and
+``status NAME`` need only the sweep's name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .errors import UserError
+from .sweep import SweepSpec, Trial
+from .tracking import check_server, get_or_create_experiment, make_client
+
+SWEEP_FILE = "robustsweep-sweep.json"
+STATE_FILE = "trial_state.pt"
+DEFAULT_STORAGE = "ray_results"
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow bookkeeping shared by the trainable, resume and status
+
+
+def trial_runs(client, experiment_id: str, sweep: str) -> dict[str, list[Any]]:
+    """MLflow runs of a sweep, grouped by trial id (newest first)."""
+    runs: dict[str, list[Any]] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.sweep = '{sweep}'", max_results=1000,
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        for run in page:
+            runs.setdefault(run.data.tags.get("trial_id", ""), []).append(run)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _existing_run(uri: str, experiment: str, sweep: str, trial_id: str):
+    """This trial's MLflow run from an earlier attempt, preferring a FINISHED one."""
+    client = make_client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id],
+                              filter_string=f"tags.sweep = '{sweep}' and tags.trial_id = '{trial_id}'",
+                              order_by=["attributes.start_time DESC"])
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    return (finished or runs or [None])[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the Ray trainable
+
+
+def _report_finished(run) -> None:
+    from ray import tune
+
+    metrics = {k: v for k, v in run.data.metrics.items()}
+    tune.report({**metrics, "outcome": run.data.tags.get("outcome", "finished"), "run_id": run.info.run_id})
+
+
+def ray_trainable(params: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one sweep trial, reporting and checkpointing every epoch."""
+    import ray
+    import torch
+    from ray import tune
+
+    from .trial import run_trial
+
+    trial = Trial.from_json(params["trial"])
+    sweep = params["sweep"]
+    config = trial.config
+    resume_state = None
+    run_id = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume_state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+    else:
+        earlier = _existing_run(config.mlflow_tracking_uri, config.mlflow_experiment, sweep, trial.trial_id)
+        if earlier is not None and earlier.info.status == "FINISHED":
+            _report_finished(earlier)  # finished before the driver died: never train it again
+            return
+        if earlier is not None:
+            run_id = earlier.info.run_id
+
+    def on_epoch_end(epoch: int, metrics, state: Callable[[], dict[str, Any]]) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state(), Path(folder) / STATE_FILE)
+            tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    tags = {"sweep": sweep, "trial_id": trial.trial_id, "group": trial.group, "mode": "ray",
+            "ray_node_id": ray.get_runtime_context().get_node_id()}
+    outcome = run_trial(config, resume_state=resume_state, run_id=run_id, on_epoch_end=on_epoch_end, tags=tags,
+                        run_name=trial.trial_id)
+    tune.report({**outcome.metrics, "epoch": outcome.epochs_run, "outcome": outcome.status,
+                 "run_id": outcome.run_id})
+
+
+# ---------------------------------------------------------------------------------------------
+# launch / resume
+
+
+def _prepare_tracking(spec: SweepSpec) -> None:
+    """Create the store and experiment on the driver, so trial processes never race to migrate it."""
+    check_server(spec.tracking_uri)
+    client = make_client(spec.tracking_uri)
+    try:
+        get_or_create_experiment(client, spec.experiment, spec.tracking_uri)
+    except Exception as exc:
+        from .errors import TrackingError
+
+        raise TrackingError(f"Cannot create MLflow experiment {spec.experiment!r} in {spec.tracking_uri}: {exc}. "
+                            "Check that the store is writable and the server is up.") from None
+
+
+def _save_spec(spec: SweepSpec) -> None:
+    folder = Path(spec.experiment_dir)
+    if "://" in spec.storage_path:
+        return  # cloud storage: Ray writes there; the driver keeps a local copy below
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SWEEP_FILE).write_text(json.dumps(spec_to_json(spec), indent=1))
+
+
+def spec_to_json(spec: SweepSpec) -> dict[str, Any]:
+    return {"name": spec.name, "source": spec.source, "storage_path": spec.storage_path,
+            "tracking_uri": spec.tracking_uri, "experiment": spec.experiment, "max_concurrent": spec.max_concurrent,
+            "max_failures": spec.max_failures, "trials": [t.to_json() for t in spec.trials]}
+
+
+@dataclass
+class SavedSweep:
+    """What ``resume`` and ``status`` read back: the expanded sweep saved at launch."""
+
+    name: str
+    storage_path: str
+    tracking_uri: str
+    experiment: str
+    max_concurrent: int
+    max_failures: int
+    trials: list[Trial]
+
+    @property
+    def experiment_dir(self) -> str:
+        return self.storage_path.rstrip("/") + "/" + self.name
+
+
+def load_saved_sweep(name: str, storage_path: str | None = None) -> SavedSweep:
+    storage = str(Path(storage_path or DEFAULT_STORAGE).resolve())
+    path = Path(storage) / name / SWEEP_FILE
+    if not path.is_file():
+        raise UserError(
+            f"No sweep named {name!r} under {storage} ({path} is missing). Give the storage path the sweep was "
+            f"launched with (--storage-path), or launch it first with `robustsweep launch SWEEP.yaml`."
+        )
+    data = json.loads(path.read_text())
+    return SavedSweep(data["name"], data["storage_path"], data["tracking_uri"], data["experiment"],
+                      data["max_concurrent"], data["max_failures"], [Trial.from_json(t) for t in data["trials"]])
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    # Ray's newer console output ignores progress_reporter; the classic one prints our concise table.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if ray.is_initialized():
+        return
+    try:
+        # The package must be importable on every node; a cluster's image installs it (docker/).
+        ray.init(address=address, include_dashboard=False if address is None else None,
+                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    except ConnectionError as exc:
+        raise UserError(f"Cannot attach to the Ray cluster at {address!r}: {exc}. On the head node use "
+                        "--address auto after `ray up cluster/gpu.yaml`, or leave --address out for a local "
+                        "Ray runtime.") from None
+
+
+def _trainable_with_resources(trials: Iterable[Trial]):
+    from ray import tune
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+    def resources(params: dict[str, Any]) -> PlacementGroupFactory:
+        r = params["trial"]["resources"]
+        return PlacementGroupFactory([{"CPU": r["cpu"], "GPU": r["gpu"]}])
+
+    return tune.with_resources(ray_trainable, resources=resources)
+
+
+def _trial_name(trial) -> str:
+    return trial.config["trial"]["trial_id"]
+
+
+def _tune_config(max_concurrent: int):
+    from ray import tune
+
+    return tune.TuneConfig(max_concurrent_trials=max_concurrent or None, trial_name_creator=_trial_name,
+                           trial_dirname_creator=_trial_name)
+
+
+def _run_config(name: str, storage_path: str, max_failures: int, verbose: int):
+    from ray import tune
+
+    # A concise live table: trial id, state, epoch and the learning-curve numbers.
+    reporter = tune.CLIReporter(
+        metric_columns={"epoch": "epoch", "train_loss": "loss", "test_acc": "test acc", "clean_acc": "clean acc",
+                        "outcome": "outcome"},
+        parameter_columns=["sweep"], max_report_frequency=15, print_intermediate_tables=True,
+    )
+    return tune.RunConfig(
+        name=name, storage_path=storage_path, verbose=verbose, progress_reporter=reporter,
+        failure_config=tune.FailureConfig(max_failures=max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+    )
+
+
+@dataclass
+class SweepResult:
+    name: str
+    rows: list[dict[str, Any]]
+    experiment_dir: str
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.rows:
+            out[row["outcome"]] = out.get(row["outcome"], 0) + 1
+        return out
+
+
+def _collect(grid, trials: list[Trial], name: str, experiment_dir: str) -> SweepResult:
+    by_id = {t.trial_id: t for t in trials}
+    rows = []
+    for result in grid:
+        params = (result.config or {}).get("trial", {})
+        trial = by_id.get(params.get("trial_id", ""))
+        metrics = result.metrics or {}
+        outcome = metrics.get("outcome") if result.error is None else "failed"
+        row = {"trial_id": params.get("trial_id", "?"), "group": params.get("group", "?"),
+               "outcome": outcome or "unfinished", "run_id": metrics.get("run_id", ""),
+               "error": str(result.error).splitlines()[0] if result.error else ""}
+        if trial is not None:
+            c = trial.config
+            row.update(variant=c.variant, batch_size=c.batch_size, lr=c.effective_lr, seed=c.seed)
+        for key in ("clean_acc", "hessian_top_eig"):
+            if key in metrics:
+                row[key] = metrics[key]
+        rows.append(row)
+    return SweepResult(name, rows, experiment_dir)
+
+
+def launch(spec: SweepSpec, *, address: str | None = None, verbose: int = 1) -> SweepResult:
+    """Run every trial of ``spec`` on Ray Tune; returns one row per trial."""
+    from ray import tune
+
+    _prepare_tracking(spec)
+    _save_spec(spec)
+    _init_ray(address)
+    trials = list(spec.trials)
+    tuner = tune.Tuner(
+        _trainable_with_resources(trials),
+        param_space={"trial": tune.grid_search([t.to_json() for t in trials]), "sweep": spec.name},
+        tune_config=_tune_config(spec.max_concurrent),
+        run_config=_run_config(spec.name, spec.storage_path, spec.max_failures, verbose),
+    )
+    grid = tuner.fit()
+    return _collect(grid, trials, spec.name, spec.experiment_dir)
+
+
+def resume(name: str, *, storage_path: str | None = None, address: str | None = None,
+           verbose: int = 1) -> SweepResult:
+    """Restore an interrupted sweep: finished trials stay finished, the rest continue from checkpoints."""
+    from ray import tune
+
+    saved = load_saved_sweep(name, storage_path)
+    check_server(saved.tracking_uri)
+    _init_ray(address)
+    if not tune.Tuner.can_restore(saved.experiment_dir):
+        raise UserError(f"Ray has no restorable experiment state in {saved.experiment_dir} (the driver may have "
+                        "died before Ray wrote it). Launch the sweep again: trials already FINISHED in MLflow "
+                        "are not trained twice.")
+    tuner = tune.Tuner.restore(saved.experiment_dir, trainable=_trainable_with_resources(saved.trials),
+                               resume_unfinished=True, resume_errored=True)
+    grid = tuner.fit()
+    return _collect(grid, saved.trials, name, saved.experiment_dir)
+
+
+def run_debug(spec: SweepSpec, log: Callable[[str], None] = print) -> SweepResult:
+    """The same trials, in-process one by one, without Ray (local debug mode)."""
+    from .trial import run_trial
+
+    _prepare_tracking(spec)
+    rows = []
+    for i, trial in enumerate(spec.trials, 1):
+        existing = _existing_run(spec.tracking_uri, spec.experiment, spec.name, trial.trial_id)
+        if existing is not None and existing.info.status == "FINISHED":
+            log(f"[{i}/{len(spec.trials)}] {trial.trial_id}: already finished (MLflow run {existing.info.run_id})")
+            rows.append({"trial_id": trial.trial_id, "group": trial.group,
+                         "outcome": existing.data.tags.get("outcome", "finished"), "run_id": existing.info.run_id,
+                         **{k: existing.data.metrics[k] for k in ("clean_acc", "hessian_top_eig")
+                            if k in existing.data.metrics}})
+            continue
+        log(f"[{i}/{len(spec.trials)}] {trial.trial_id}")
+        row = {"trial_id": trial.trial_id, "group": trial.group, "variant": trial.config.variant,
+               "batch_size": trial.config.batch_size, "lr": trial.config.effective_lr, "seed": trial.config.seed}
+        try:
+            outcome = run_trial(trial.config, run_id=existing.info.run_id if existing else None, log=log,
+                                run_name=trial.trial_id, tags={"sweep": spec.name, "trial_id": trial.trial_id, "group": trial.group,
+                                      "mode": "debug"})
+            row.update(outcome=outcome.status, run_id=outcome.run_id,
+                       **{k: outcome.metrics[k] for k in ("clean_acc", "hessian_top_eig") if k in outcome.metrics})
+        except UserError:
+            raise
+        except Exception as exc:  # one failing trial does not lose the others
+            log(f"  failed: {type(exc).__name__}: {exc}")
+            row.update(outcome="failed", error=f"{type(exc).__name__}: {exc}")
+        rows.append(row)
+    return SweepResult(spec.name, rows, "")
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+
+
+@dataclass
+class SweepStatus:
+    name: str
+    counts: dict[str, int]
+    total: int
+    tracking_uri: str
+    experiment: str
+    experiment_dir: str
+    failures: list[tuple[str, str]]
+
+
+def status(name: str, storage_path: str | None = None) -> SweepStatus:
+    """Counts of pending / running / finished / failed / diverged trials, from MLflow."""
+    saved = load_saved_sweep(name, storage_path)
+    client = make_client(saved.tracking_uri)
+    exp = client.get_experiment_by_name(saved.experiment)
+    runs = trial_runs(client, exp.experiment_id, name) if exp else {}
+    counts = {k: 0 for k in ("pending", "running", "finished", "diverged", "failed")}
+    failures = []
+    for trial in saved.trials:
+        mine = runs.get(trial.trial_id, [])
+        finished = [r for r in mine if r.info.status == "FINISHED"]
+        if finished:
+            counts["diverged" if finished[0].data.tags.get("outcome") == "diverged" else "finished"] += 1
+        elif not mine:
+            counts["pending"] += 1
+        elif mine[0].info.status == "RUNNING":
+            counts["running"] += 1
+        else:
+            counts["failed"] += 1
+            failures.append((trial.trial_id, mine[0].data.tags.get("error", mine[0].info.status)))
+    return SweepStatus(name, counts, len(saved.trials), saved.tracking_uri, saved.experiment,
+                       saved.experiment_dir, failures)
+
+

@@ -1,0 +1,301 @@
+"""Sweep files: a readable schema, validated at load, expanded to one TrialConfig per trial.
+
+A sweep file (``sweeps/*.yaml``)::
+
+    name: table1                   # sweep name: Ray experiment folder, MLflow experiment (default)
+    description: free text
+    storage_path: ray_results      # Ray checkpoints and experiment state (S3/GCS/NFS on a cluster)
+    mlflow:
+      tracking_uri: sqlite:///mlflow.db
+      experiment: table1           # default: the sweep name
+    resources: {cpu: 1, gpu: 0.25} # per trial; a fractional GPU lets several trials share one
+    max_concurrent: 8              # trials running at once (0 = as many as resources allow)
+    max_failures: 2                # retries of a failed trial, from its latest checkpoint
+    seeds: [0]                     # every trial runs once per seed
+    base: {dataset: mnist, ...}    # trial settings shared by every group
+    groups:                        # regimes; each one expands its grid
+      - name: constant-lr
+        set: {schedule: constant}  # settings for this group (override base)
+        grid:                      # axes: setting -> list of values; the product is taken
+          batch_size: [32, 64]
+          variant: [sgd, svrg]
+        resources: {gpu: 0.5}      # optional, overrides the sweep's per-trial resources
+
+A trial = base + set + one grid point + one seed. Unknown keys, wrong types,
+impossible values, empty grid axes and duplicate trials are rejected with a
+:class:`~robustsweep.errors.ConfigError` naming the file, the key path, the
+bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .config import FIELDS, TrialConfig, _default_data_root, check_keys, coerce, make_trial_config, read_yaml_mapping
+from .errors import ConfigError
+from .tracking import normalize_tracking_uri
+
+_TOP_KEYS = {"name", "description", "storage_path", "mlflow", "resources", "max_concurrent", "max_failures",
+             "seeds", "base", "groups"}
+_GROUP_KEYS = {"name", "description", "set", "grid", "resources"}
+_RESOURCE_KEYS = {"cpu", "gpu"}
+_MLFLOW_KEYS = {"tracking_uri", "experiment"}
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"CPU": self.cpu, "GPU": self.gpu}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One expanded trial: its id, group, resources and fully resolved settings."""
+
+    trial_id: str
+    group: str
+    resources: Resources
+    config: TrialConfig
+
+    def to_json(self) -> dict[str, Any]:
+        return {"trial_id": self.trial_id, "group": self.group, "resources": dataclasses.asdict(self.resources),
+                "settings": self.config.to_dict()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Trial":
+        return cls(data["trial_id"], data["group"], Resources(**data["resources"]),
+                   make_trial_config(data["settings"]).resolved())
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    settings: dict[str, Any]
+    grid: dict[str, list[Any]]
+    resources: Resources
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep file."""
+
+    name: str
+    source: str
+    storage_path: str
+    tracking_uri: str
+    experiment: str
+    resources: Resources
+    max_concurrent: int
+    max_failures: int
+    seeds: tuple[int, ...]
+    base: dict[str, Any]
+    groups: tuple[Group, ...]
+    description: str = ""
+    trials: tuple[Trial, ...] = field(default=(), compare=False)
+
+    @property
+    def experiment_dir(self) -> str:
+        """Ray Tune's experiment folder for this sweep (storage_path/name)."""
+        return self.storage_path.rstrip("/") + "/" + self.name
+
+    def summary(self) -> list[tuple[str, int, str]]:
+        """(group, number of trials, axes) per group."""
+        rows = []
+        for g in self.groups:
+            count = sum(1 for t in self.trials if t.group == g.name)
+            axes = " x ".join(f"{k}[{len(v)}]" for k, v in g.grid.items()) or "single point"
+            if len(self.seeds) > 1:
+                axes += f" x seed[{len(self.seeds)}]"
+            rows.append((g.name, count, axes))
+        return rows
+
+
+class _Where:
+    """Builds error messages naming the file and key path."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def error(self, path: str, message: str) -> ConfigError:
+        return ConfigError(f"Sweep file {self.source}, at {path}: {message}")
+
+    def mapping(self, value: Any, path: str, allowed: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.error(path, f"expected a mapping, got {type(value).__name__} {value!r}.")
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise self.error(f"{path}.{unknown[0]}" if path else unknown[0],
+                             f"unknown key {unknown[0]!r}; allowed keys are {', '.join(sorted(allowed))}.")
+        return value
+
+    def integer(self, value: Any, path: str, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error(path, f"expected an integer >= {minimum}, got {value!r}.")
+        return value
+
+    def resources(self, value: Any, path: str, default: Resources) -> Resources:
+        data = self.mapping(value, path, _RESOURCE_KEYS)
+        out = {}
+        for key in ("cpu", "gpu"):
+            v = data.get(key, getattr(default, key))
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise self.error(f"{path}.{key}", f"expected a number >= 0, got {v!r}.")
+            out[key] = float(v)
+        if out["gpu"] > 1 and out["gpu"] != int(out["gpu"]):
+            raise self.error(f"{path}.gpu", f"a trial takes a fraction of one GPU or whole GPUs, not {out['gpu']}.")
+        if out["cpu"] == 0 and out["gpu"] == 0:
+            raise self.error(path, "a trial needs some CPU or GPU (cpu > 0 or gpu > 0).")
+        return Resources(**out)
+
+    def settings(self, value: Any, path: str) -> dict[str, Any]:
+        data = self.mapping(value, path, set(FIELDS))
+        try:
+            return {k: coerce(k, v) for k, v in data.items()}
+        except ConfigError as exc:
+            key = next(k for k in data if _fails(k, data[k]))
+            raise self.error(f"{path}.{key}", str(exc)) from None
+
+
+def _fails(key: str, value: Any) -> bool:
+    try:
+        coerce(key, value)
+        return False
+    except ConfigError:
+        return True
+
+
+def _absolute_paths(settings: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Ray runs trials in their own folders: make relative data roots and SQLite stores absolute."""
+    out = dict(settings)
+    root = out.get("data_root")
+    if root is not None and "://" not in root and not Path(root).expanduser().is_absolute():
+        out["data_root"] = str((base_dir / root).resolve())
+    if "mlflow_tracking_uri" in out:
+        out["mlflow_tracking_uri"] = normalize_tracking_uri(out["mlflow_tracking_uri"], base_dir)
+    return out
+
+
+def _trial_id(group: str, settings: Mapping[str, Any]) -> str:
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{group}-{digest}"
+
+
+def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> SweepSpec:
+    """Read, validate and expand a sweep file. Relative paths are taken from ``base_dir`` (default: cwd)."""
+    source = str(path)
+    where = _Where(source)
+    try:
+        raw = read_yaml_mapping(path)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("Config file", "Sweep file")) from None
+    base_dir = Path(base_dir or Path.cwd())
+    data = where.mapping(raw, "", _TOP_KEYS)
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\ "):
+        raise where.error("name", f"expected a sweep name without spaces or slashes, got {name!r}.")
+    storage = data.get("storage_path", "ray_results")
+    if not isinstance(storage, str) or not storage:
+        raise where.error("storage_path", f"expected a folder or s3://, gs:// URI, got {storage!r}.")
+    if "://" not in storage:
+        storage = str((base_dir / storage).resolve())
+    mlflow = where.mapping(data.get("mlflow"), "mlflow", _MLFLOW_KEYS)
+    uri = mlflow.get("tracking_uri", "sqlite:///mlflow.db")
+    experiment = mlflow.get("experiment", name)
+    for key, value in (("tracking_uri", uri), ("experiment", experiment)):
+        if not isinstance(value, str) or not value.strip():
+            raise where.error(f"mlflow.{key}", f"expected a non-empty string, got {value!r}.")
+    uri = normalize_tracking_uri(uri, base_dir)
+    resources = where.resources(data.get("resources"), "resources", Resources())
+    max_concurrent = where.integer(data.get("max_concurrent", 0), "max_concurrent", 0)
+    max_failures = where.integer(data.get("max_failures", 2), "max_failures", 0)
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds:
+        raise where.error("seeds", f"expected a non-empty list of integers, got {seeds!r}.")
+    for i, s in enumerate(seeds):
+        where.integer(s, f"seeds[{i}]", 0)
+    if len(set(seeds)) != len(seeds):
+        raise where.error("seeds", f"seeds repeat: {seeds}.")
+    base = where.settings(data.get("base"), "base")
+    for key in ("seed", "mlflow_tracking_uri", "mlflow_experiment"):
+        if key in base:
+            raise where.error(f"base.{key}", f"{key} is set by the sweep (seeds, mlflow), not per trial.")
+    groups_raw = data.get("groups")
+    if not isinstance(groups_raw, list) or not groups_raw:
+        raise where.error("groups", "expected a non-empty list of groups (each with a name, and set and/or grid).")
+    groups: list[Group] = []
+    for gi, g in enumerate(groups_raw):
+        gpath = f"groups[{gi}]"
+        g = where.mapping(g, gpath, _GROUP_KEYS)
+        gname = g.get("name")
+        if not isinstance(gname, str) or not gname.strip() or any(c in gname for c in "/\\ "):
+            raise where.error(f"{gpath}.name", f"expected a group name without spaces or slashes, got {gname!r}.")
+        if gname in {x.name for x in groups}:
+            raise where.error(f"{gpath}.name", f"group name {gname!r} is used twice.")
+        settings = where.settings(g.get("set"), f"{gpath}.set")
+        grid_raw = where.mapping(g.get("grid"), f"{gpath}.grid", set(FIELDS))
+        grid: dict[str, list[Any]] = {}
+        for key, values in grid_raw.items():
+            axis = f"{gpath}.grid.{key}"
+            if not isinstance(values, list):
+                raise where.error(axis, f"expected a list of values for this axis, got {values!r}.")
+            if not values:
+                raise where.error(axis, "the axis is empty: give at least one value (an empty axis means no trials).")
+            checked = []
+            for vi, v in enumerate(values):
+                try:
+                    checked.append(coerce(key, v))
+                except ConfigError as exc:
+                    raise where.error(f"{axis}[{vi}]", str(exc)) from None
+            if len({json.dumps(v, default=str) for v in checked}) != len(checked):
+                raise where.error(axis, f"the axis repeats a value: {values}.")
+            grid[key] = checked
+        for key in list(settings) + list(grid):
+            if key in ("seed", "mlflow_tracking_uri", "mlflow_experiment"):
+                raise where.error(f"{gpath}.{key}", f"{key} is set by the sweep (seeds, mlflow), not per trial.")
+        groups.append(Group(gname, settings, grid, where.resources(g.get("resources"), f"{gpath}.resources",
+                                                                   resources), g.get("description", "")))
+    spec = SweepSpec(name=name, source=source, storage_path=storage, tracking_uri=uri, experiment=experiment,
+                     resources=resources, max_concurrent=max_concurrent, max_failures=max_failures,
+                     seeds=tuple(seeds), base=base, groups=tuple(groups), description=data.get("description", ""))
+    return dataclasses.replace(spec, trials=tuple(_expand(spec, where, base_dir)))
+
+
+def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:
+    trials: list[Trial] = []
+    seen: dict[TrialConfig, str] = {}
+    for gi, group in enumerate(spec.groups):
+        keys = list(group.grid)
+        for point in itertools.product(*(group.grid[k] for k in keys)):
+            for seed in spec.seeds:
+                values = {**spec.base, **group.settings, **dict(zip(keys, point)), "seed": seed,
+                          "mlflow_tracking_uri": spec.tracking_uri, "mlflow_experiment": spec.experiment}
+                values.setdefault("data_root", _default_data_root())  # workers may not share our environment
+                values = _absolute_paths({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()},
+                                         base_dir)
+                described = ", ".join(f"{k}={v}" for k, v in zip(keys, point)) or "its single point"
+                try:
+                    check_keys(values, where.source)
+                    config = make_trial_config(values).resolved()
+                except ConfigError as exc:
+                    raise where.error(f"groups[{gi}] ({group.name}), trial with {described}, seed {seed}",
+                                      str(exc)) from None
+                if config in seen:
+                    raise where.error(f"groups[{gi}] ({group.name})",
+                                      f"the trial with {described}, seed {seed} duplicates a trial of group "
+                                      f"{seen[config]!r}: every trial must differ in some setting.")
+                seen[config] = group.name
+                trial_id = _trial_id(group.name, config.to_dict())
+                trials.append(Trial(trial_id, group.name, group.resources, config))
+    return trials
