@@ -19,9 +19,12 @@ A sweep file (``sweeps/*.yaml``)::
         grid:                      # axes: setting -> list of values; the product is taken
           batch_size: [32, 64]
           variant: [sgd, svrg]
+        points:                    # optional explicit settings, each one crossed with the grid
+          - {momentum: 0.9}
+          - {weight_decay: 0.005}
         resources: {gpu: 0.5}      # optional, overrides the sweep's per-trial resources
 
-A trial = base + set + one grid point + one seed. Unknown keys, wrong types,
+A trial = base + set + one point (if any) + one grid point + one seed. Unknown keys, wrong types,
 impossible values, empty grid axes and duplicate trials are rejected with a
 :class:`~robustsweep.errors.ConfigError` naming the file, the key path, the
 bad value and what is allowed.
@@ -37,13 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import FIELDS, TrialConfig, _default_data_root, check_keys, coerce, make_trial_config, read_yaml_mapping
+from .config import FIELDS, TrialConfig, _default_data_root, coerce, make_trial_config, read_yaml_mapping
 from .errors import ConfigError
 from .tracking import normalize_tracking_uri
 
 _TOP_KEYS = {"name", "description", "storage_path", "mlflow", "resources", "max_concurrent", "max_failures",
              "seeds", "base", "groups"}
-_GROUP_KEYS = {"name", "description", "set", "grid", "resources"}
+_GROUP_KEYS = {"name", "description", "set", "grid", "points", "resources"}
+#: Settings that say where things are, not what is trained: left out of trial ids.
+_LOCATION_KEYS = {"data_root", "download", "verify_checksums", "device", "mlflow_tracking_uri", "mlflow_experiment"}
 _RESOURCE_KEYS = {"cpu", "gpu"}
 _MLFLOW_KEYS = {"tracking_uri", "experiment"}
 
@@ -83,6 +88,7 @@ class Group:
     grid: dict[str, list[Any]]
     resources: Resources
     description: str = ""
+    points: tuple[dict[str, Any], ...] = ({},)
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,8 @@ class SweepSpec:
         rows = []
         for g in self.groups:
             count = sum(1 for t in self.trials if t.group == g.name)
-            axes = " x ".join(f"{k}[{len(v)}]" for k, v in g.grid.items()) or "single point"
+            axes = [f"points[{len(g.points)}]"] if len(g.points) > 1 else []
+            axes = " x ".join(axes + [f"{k}[{len(v)}]" for k, v in g.grid.items()]) or "single point"
             if len(self.seeds) > 1:
                 axes += f" x seed[{len(self.seeds)}]"
             rows.append((g.name, count, axes))
@@ -261,11 +268,15 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> SweepSpe
             if len({json.dumps(v, default=str) for v in checked}) != len(checked):
                 raise where.error(axis, f"the axis repeats a value: {values}.")
             grid[key] = checked
-        for key in list(settings) + list(grid):
+        points_raw = g.get("points", [{}])
+        if not isinstance(points_raw, list) or not points_raw:
+            raise where.error(f"{gpath}.points", f"expected a non-empty list of settings mappings, got {points_raw!r}.")
+        points = tuple(where.settings(p, f"{gpath}.points[{pi}]") for pi, p in enumerate(points_raw))
+        for key in list(settings) + list(grid) + [k for p in points for k in p]:
             if key in ("seed", "mlflow_tracking_uri", "mlflow_experiment"):
                 raise where.error(f"{gpath}.{key}", f"{key} is set by the sweep (seeds, mlflow), not per trial.")
         groups.append(Group(gname, settings, grid, where.resources(g.get("resources"), f"{gpath}.resources",
-                                                                   resources), g.get("description", "")))
+                                                                   resources), g.get("description", ""), points))
     spec = SweepSpec(name=name, source=source, storage_path=storage, tracking_uri=uri, experiment=experiment,
                      resources=resources, max_concurrent=max_concurrent, max_failures=max_failures,
                      seeds=tuple(seeds), base=base, groups=tuple(groups), description=data.get("description", ""))
@@ -277,25 +288,25 @@ def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:
     seen: dict[TrialConfig, str] = {}
     for gi, group in enumerate(spec.groups):
         keys = list(group.grid)
-        for point in itertools.product(*(group.grid[k] for k in keys)):
-            for seed in spec.seeds:
-                values = {**spec.base, **group.settings, **dict(zip(keys, point)), "seed": seed,
-                          "mlflow_tracking_uri": spec.tracking_uri, "mlflow_experiment": spec.experiment}
-                values.setdefault("data_root", _default_data_root())  # workers may not share our environment
-                values = _absolute_paths({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()},
-                                         base_dir)
-                described = ", ".join(f"{k}={v}" for k, v in zip(keys, point)) or "its single point"
-                try:
-                    check_keys(values, where.source)
-                    config = make_trial_config(values).resolved()
-                except ConfigError as exc:
-                    raise where.error(f"groups[{gi}] ({group.name}), trial with {described}, seed {seed}",
-                                      str(exc)) from None
-                if config in seen:
-                    raise where.error(f"groups[{gi}] ({group.name})",
-                                      f"the trial with {described}, seed {seed} duplicates a trial of group "
-                                      f"{seen[config]!r}: every trial must differ in some setting.")
-                seen[config] = group.name
-                trial_id = _trial_id(group.name, config.to_dict())
-                trials.append(Trial(trial_id, group.name, group.resources, config))
+        combos = itertools.product(group.points, itertools.product(*(group.grid[k] for k in keys)), spec.seeds)
+        for extra, point, seed in combos:
+            chosen = {**extra, **dict(zip(keys, point))}
+            values = {**spec.base, **group.settings, **chosen, "seed": seed,
+                      "mlflow_tracking_uri": spec.tracking_uri, "mlflow_experiment": spec.experiment}
+            values.setdefault("data_root", _default_data_root())  # workers may not share our environment
+            values = _absolute_paths({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()},
+                                     base_dir)
+            described = ", ".join(f"{k}={v}" for k, v in chosen.items()) or "its single point"
+            try:
+                config = make_trial_config(values).resolved()
+            except ConfigError as exc:
+                raise where.error(f"groups[{gi}] ({group.name}), trial with {described}, seed {seed}",
+                                  str(exc)) from None
+            if config in seen:
+                raise where.error(f"groups[{gi}] ({group.name})",
+                                  f"the trial with {described}, seed {seed} duplicates a trial of group "
+                                  f"{seen[config]!r}: every trial must differ in some setting.")
+            seen[config] = group.name
+            science = {k: v for k, v in config.to_dict().items() if k not in _LOCATION_KEYS}
+            trials.append(Trial(_trial_id(group.name, science), group.name, group.resources, config))
     return trials
