@@ -354,7 +354,10 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"Config file {path} is not valid YAML: {exc}. Fix the syntax at the position shown.") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"Config file {path} is not valid YAML{where}: {problem}. Fix the syntax there.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

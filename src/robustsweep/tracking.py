@@ -146,7 +146,12 @@ class TrialRun:
                 self.resumed = False
             else:
                 self.run_id = run_id
+                previous = _retry_locked(self.client.get_run)(run_id).data.tags.get("error")
                 _retry_locked(self.client.update_run)(run_id, status="RUNNING")
+                if previous:
+                    # A retry of a failed attempt: keep the old error for the record, off the live tag.
+                    self.set_tags({"previous_error": previous})
+                    _retry_locked(self.client.delete_tag)(run_id, "error")
                 if tags:
                     self.set_tags(tags)
                 self.resumed = True

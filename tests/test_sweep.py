@@ -1,0 +1,127 @@
+"""Sweep files: validation errors, expansion, the study's grid, the cluster file."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robustsweep.cli import main
+from robustsweep.errors import ConfigError
+from robustsweep.sweep import load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+VALID = """
+name: t
+seeds: [0, 1]
+base: {dataset: mnist, epochs: 1}
+groups:
+  - name: g1
+    set: {variant: sgd}
+    grid: {lr: [0.01, 0.1], batch_size: [32, 64]}
+  - name: g2
+    set: {variant: adam, lr: 0.001}
+    points: [{weight_decay: 0.0}, {weight_decay: 0.01}]
+"""
+
+
+def _write(tmp_path, text, name="s.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_expansion_counts_ids_and_absolute_paths(tmp_path):
+    spec = load_sweep(_write(tmp_path, VALID), base_dir=tmp_path)
+    assert len(spec.trials) == 2 * 2 * 2 + 2 * 2
+    assert [r[:2] for r in spec.summary()] == [("g1", 8), ("g2", 4)]
+    assert len({t.trial_id for t in spec.trials}) == 12
+    t = spec.trials[0]
+    assert t.config.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert t.config.mlflow_experiment == "t" and Path(t.config.data_root).is_absolute()
+    assert spec.storage_path == str(tmp_path / "ray_results")
+    # ids depend on what is trained, not where things are
+    again = load_sweep(_write(tmp_path, VALID.replace("epochs: 1}", "epochs: 1, data_root: /elsewhere}"), "b.yaml"))
+    assert [x.trial_id for x in again.trials] == [x.trial_id for x in spec.trials]
+
+
+INVALID = [
+    ("name: t\nbase: {}\ngroups: [{name: g}]\nbogus: 1\n", "at bogus: unknown key 'bogus'"),
+    ("name: t\ngroups: [{name: g, grid: {lr: []}}]\n", "at groups[0].grid.lr: the axis is empty"),
+    ("name: t\ngroups: [{name: g, grid: {lr: [0.1, fast]}}]\n", "at groups[0].grid.lr[1]: Invalid trial setting lr='fast'"),
+    ("name: t\ngroups: [{name: g, grid: {lr: [0.1, -1]}}]\n", "lr=-1.0: must be a finite number > 0"),
+    ("name: t\ngroups: [{name: g, set: {learning_rate: 0.1}}]\n", "at groups[0].set.learning_rate: unknown key"),
+    ("name: t\ngroups: [{name: g, set: {batch_size: 0}}]\n", "batch_size=0: must be a finite number > 0"),
+    ("name: t\ngroups: [{name: g, set: {variant: lion}}]\n", "variant='lion': allowed variants are"),
+    ("name: t\ngroups: [{name: g, grid: {lr: 0.1}}]\n", "at groups[0].grid.lr: expected a list"),
+    ("name: t\ngroups: []\n", "at groups: expected a non-empty list"),
+    ("name: t\nseeds: []\ngroups: [{name: g}]\n", "at seeds: expected a non-empty list"),
+    ("name: t\nresources: {gpu: -1}\ngroups: [{name: g}]\n", "at resources.gpu: expected a number >= 0"),
+    ("name: t\nmax_concurrent: two\ngroups: [{name: g}]\n", "at max_concurrent: expected an integer >= 0"),
+    ("name: t\ngroups: [{name: g, grid: {lr: [0.1, 0.1]}}]\n", "the axis repeats a value"),
+    ("name: t\ngroups: [{name: a, set: {lr: 0.01}}, {name: b}]\n", "duplicates a trial of group 'a'"),
+    ("name: t\ngroups: [{name: g, set: {seed: 3}}]\n", "seed is set by the sweep"),
+    ("name: has space\ngroups: [{name: g}]\n", "at name: expected a sweep name"),
+    ("name: t\ngroups: [{name: g, set: {lr: 0.1, lr_batch_ratio: 0.001}}]\n", "both set"),
+    ("- just\n- a list\n", "must contain a mapping"),
+    ("name: t\ngroups: [{name: g\n", "is not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("text, fragment", INVALID)
+def test_invalid_sweep_files_exit_2_with_the_key_path(text, fragment, tmp_path, capsys):
+    path = _write(tmp_path, text)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err, err
+    assert str(path) in err and "Traceback" not in err
+    assert err.count("\n") == 1  # one paragraph
+
+
+def test_missing_sweep_file(capsys):
+    assert main(["validate", "nope.yaml"]) == 2
+    assert "Sweep file nope.yaml does not exist" in capsys.readouterr().err
+
+
+def test_table1_expands_to_the_studys_full_grid(capsys):
+    # Derived in the comment at the top of sweeps/table1.yaml: MNIST 48+6+24+6+12+12+6 = 114,
+    # CIFAR-10 4+4+1+3+4 = 16, total 130 with one seed.
+    spec = load_sweep(REPO / "sweeps" / "table1.yaml")
+    counts = {name: n for name, n, _ in spec.summary()}
+    assert counts == {"mnist-constant-lr": 48, "mnist-constant-lr-adam": 6, "mnist-ratio": 24,
+                      "mnist-ratio-adam": 6, "mnist-weight-decay": 12, "mnist-momentum": 12, "mnist-step": 6,
+                      "cifar-step-lr0.1": 4, "cifar-constant-lr0.01": 4, "cifar-adam": 1,
+                      "cifar-sgd-regularized": 3, "cifar-ratio": 4}
+    assert len(spec.trials) == 130
+    mnist = [t.config for t in spec.trials if t.config.dataset == "mnist"]
+    assert {c.batch_size for c in mnist} == {32, 64, 128, 256, 512, 1024}
+    assert all(c.eps == (0.03, 0.15) and c.model == "m1" for c in mnist)
+    cifar = [t.config for t in spec.trials if t.config.dataset == "cifar10"]
+    assert all(c.eps == (0.02,) and c.model == "vgg11" for c in cifar)
+    ratio = [c for c in mnist if c.lr_batch_ratio and c.variant == "sgd"]
+    assert sorted(c.effective_lr for c in ratio) == pytest.approx([0.005 * 2 ** k for k in range(6)])
+    step = [t.config for t in spec.trials if t.group == "cifar-step-lr0.1"]
+    assert all(c.lr_milestones == (60,) and c.lr_gamma == 0.1 for c in step)
+    assert main(["validate", str(REPO / "sweeps" / "table1.yaml")]) == 0
+    assert "130 trials" in capsys.readouterr().out
+
+
+def test_smoke_sweep_validates():
+    spec = load_sweep(REPO / "sweeps" / "smoke.yaml")
+    assert 2 <= len(spec.trials) <= 6 and all(t.config.subset for t in spec.trials)
+
+
+def test_cluster_file_passes_rays_own_schema():
+    from ray.autoscaler._private.commands import prepare_config
+    from ray.autoscaler._private.util import validate_config
+
+    config = yaml.safe_load((REPO / "cluster" / "gpu.yaml").read_text())
+    validate_config(prepare_config(config))
+    # only SSH is open to the world
+    rules = config["provider"]["security_group"]["IpPermissions"]
+    assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]
+    assert "mlflow server" in " ".join(config["head_start_ray_commands"])
+    # and the schema really is checked: an unknown key is refused
+    config["available_node_types"]["head"]["bogus"] = 1
+    with pytest.raises(Exception, match="bogus"):
+        validate_config(prepare_config(config))
