@@ -117,6 +117,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import make_report
+
+    report = make_report(args.sweep, args.out, tracking_uri=args.tracking_uri, storage_path=args.storage_path)
+    runs = report.runs
+    print(f"report for sweep {runs.name}: {len(runs.table)} finished runs, {len(report.figures)} figures")
+    for problem in runs.problems:
+        print(f"  {problem['kind']}: {problem['trial_id']}: {problem['reason'].splitlines()[0] if problem['reason'] else ''}",
+              file=sys.stderr if problem["kind"] == "missing metrics" else sys.stdout)
+    print(f"open {report.index.resolve()}")
+    if args.log_to_mlflow:
+        from .tracking import TrialRun
+
+        run = TrialRun(runs.tracking_uri, runs.experiment, run_name=f"report-{runs.name}",
+                       tags={"sweep_report": runs.name, "kind": "report"})
+        for path in sorted(report.out.iterdir()):
+            if path.is_file():
+                run.log_artifact(path, "report")
+        run.finish()
+        print(f"logged to MLflow run {run.run_id} (artifacts under report/)")
+    return 0
+
+
 def cmd_options(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -168,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("name", help="the sweep's name")
     status.add_argument("--storage-path", default=None, help="the sweep's storage_path (default ./ray_results)")
     status.set_defaults(func=cmd_status)
+
+    report = sub.add_parser("report", help="the study's tables and figures from a sweep's MLflow runs")
+    report.add_argument("sweep", help="sweep YAML file, or the name of a launched sweep")
+    report.add_argument("--out", default="report", help="output folder (default ./report)")
+    report.add_argument("--tracking-uri", default=None, help="MLflow store to read (default: the sweep's)")
+    report.add_argument("--storage-path", default=None, help="where a sweep given by name was launched")
+    report.add_argument("--log-to-mlflow", action="store_true",
+                        help="also attach the report to a summary run in the sweep's experiment")
+    report.set_defaults(func=cmd_report)
 
     options = sub.add_parser("options", help="list every trial setting with its default and meaning")
     options.set_defaults(func=cmd_options)

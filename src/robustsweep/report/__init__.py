@@ -1,0 +1,130 @@
+"""`robustsweep report`: a sweep's MLflow runs as the study's tables and figures, in one offline HTML page.
+
+:func:`make_report` writes into the output folder:
+
+* ``runs.csv`` — the tidy table, one row per finished run (config and metric columns);
+* ``tables.md`` — per dataset and regime: configuration rows, mean ± std (n) over seeds;
+* ``correlation.csv`` — Spearman rho, p-value and n between the top eigenvalue and each attack ratio;
+* ``*.png`` — each measurement against batch size, learning curves, the correlation scatter;
+* ``index.html`` — all of the above on one page that works offline;
+* ``problems.csv`` — failed, diverged and unfinished trials and runs missing metrics, with the reason.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .collect import SweepRuns, collect, metric_columns
+from .correlation import correlation_table
+from .figures import batch_size_figure, correlation_figure, learning_curves_figure, metric_label
+from .tables import ROW_KEYS, aggregate, display_table, to_html, to_markdown
+
+__all__ = ["make_report", "Report", "collect"]
+
+
+@dataclass
+class Report:
+    out: Path
+    runs: SweepRuns
+    figures: list[Path] = field(default_factory=list)
+    correlation: pd.DataFrame | None = None
+
+    @property
+    def index(self) -> Path:
+        return self.out / "index.html"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
+
+
+def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
+                storage_path: str | None = None) -> Report:
+    runs = collect(sweep, tracking_uri=tracking_uri, storage_path=storage_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    df = runs.table
+    report = Report(out, runs)
+    df.to_csv(out / "runs.csv", index=False)
+    pd.DataFrame(runs.problems, columns=["trial_id", "kind", "reason", "run_id"]).to_csv(out / "problems.csv",
+                                                                                          index=False)
+
+    markdown = [f"# Sweep {runs.name}", "", f"MLflow: {runs.tracking_uri}, experiment {runs.experiment}", ""]
+    sections = []
+    all_ratios: list[str] = []
+    for dataset in sorted(df["dataset"].dropna().unique()) if not df.empty else []:
+        eps = runs.eps.get(dataset, [])
+        metrics = metric_columns(eps)
+        all_ratios += [m for m in metrics if "_ratio_" in m and m not in all_ratios]
+        part = df[df["dataset"] == dataset]
+        markdown += [f"## {dataset}", ""]
+        blocks = []
+        for group in dict.fromkeys(part["group"]):
+            agg = aggregate(part[part["group"] == group], ROW_KEYS, metrics)
+            table = display_table(agg, ROW_KEYS, metrics)
+            markdown += [f"### {group}", "", to_markdown(table), ""]
+            blocks.append(f"<h3>{html.escape(group)}</h3>{to_html(table)}")
+        images = []
+        for metric in metrics:
+            path = batch_size_figure(df, dataset, metric, out / f"{_slug(dataset)}_{_slug(metric)}_vs_batch.png")
+            if path:
+                images.append((path, f"{metric_label(metric)} against batch size"))
+        curves = learning_curves_figure(df, runs.curves, dataset, out / f"{_slug(dataset)}_learning_curves.png")
+        if curves:
+            images.append((curves, "learning curves"))
+        report.figures += [p for p, _ in images]
+        figs = "".join(f'<figure><img src="{p.name}" alt="{html.escape(a)}"><figcaption>{html.escape(a)}'
+                       f"</figcaption></figure>" for p, a in images)
+        sections.append(f"<h2>{html.escape(dataset)}</h2>{''.join(blocks)}<h3>Figures</h3>{figs}")
+
+    corr = correlation_table(df, all_ratios) if not df.empty else pd.DataFrame()
+    report.correlation = corr
+    corr.to_csv(out / "correlation.csv", index=False)
+    scatter = correlation_figure(df, all_ratios, out / "curvature_vs_robustness.png") if not df.empty else None
+    if scatter:
+        report.figures.append(scatter)
+    corr_display = corr.copy()
+    for col in ("spearman rho", "p-value"):
+        if col in corr_display:
+            corr_display[col] = corr_display[col].map(lambda v: f"{v:.3g}")
+    markdown += ["## Curvature and robustness (Spearman)", "", to_markdown(corr_display), ""]
+    problems = pd.DataFrame(runs.problems, columns=["trial_id", "kind", "reason", "run_id"])
+    markdown += ["## Failed, diverged and unfinished trials", "",
+                 to_markdown(problems) if not problems.empty else "None.", ""]
+    (out / "tables.md").write_text("\n".join(markdown))
+
+    corr_html = to_html(corr_display) + (f'<figure><img src="{scatter.name}" alt="curvature against robustness">'
+                                         "<figcaption>attack ratio against top Hessian eigenvalue"
+                                         "</figcaption></figure>" if scatter else "")
+    problems_html = to_html(problems) if not problems.empty else "<p>None.</p>"
+    report.index.write_text(_PAGE.format(
+        name=html.escape(runs.name), uri=html.escape(runs.tracking_uri), experiment=html.escape(runs.experiment),
+        n=len(df), problems=problems_html, sections="".join(sections), correlation=corr_html))
+    return report
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>robustsweep report: {name}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1400px; }}
+table.results {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }}
+table.results th, table.results td {{ border: 1px solid #ccc; padding: 3px 7px; text-align: right; }}
+table.results th {{ background: #f2f2f2; }}
+figure {{ margin: 1em 0; }} img {{ max-width: 100%; }}
+figcaption {{ color: #555; font-size: 0.9em; }}
+</style></head><body>
+<h1>Sweep {name}</h1>
+<p>{n} finished runs from MLflow <code>{uri}</code>, experiment <code>{experiment}</code>.
+Cells are mean ± sample standard deviation over seeds (n = number of runs); attack ratio = attack accuracy /
+clean accuracy on the attacked examples.</p>
+<h2>Failed, diverged and unfinished trials</h2>{problems}
+{sections}
+<h2>Curvature and robustness</h2>
+<p>Spearman rank correlation between the top Hessian eigenvalue and each attack ratio, over all finished
+trials and per dataset (diverged trials excluded).</p>{correlation}
+</body></html>
+"""

@@ -1,0 +1,124 @@
+"""Read a sweep's MLflow runs into one tidy table: one row per run, config and metric columns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..config import yaml_load
+from ..errors import UserError
+from ..launch import load_saved_sweep, trial_runs
+from ..metrics import ATTACKED_CLEAN_ACC, CLEAN_ACC, HESSIAN_TOP_EIG, attack_key
+from ..sweep import Trial, load_sweep
+from ..tracking import make_client
+
+#: Settings that describe a trial's configuration in tables and legends, in this order.
+CONFIG_COLUMNS = ["dataset", "model", "variant", "batch_size", "lr", "lr_batch_ratio", "momentum", "weight_decay",
+                  "schedule", "epochs", "seed"]
+_INT = {"batch_size", "epochs", "seed"}
+_FLOAT = {"lr", "lr_batch_ratio", "momentum", "weight_decay"}
+
+
+@dataclass
+class SweepRuns:
+    """Everything the report needs from MLflow for one sweep."""
+
+    name: str
+    tracking_uri: str
+    experiment: str
+    eps: dict[str, list[float]]                # dataset -> attack radii
+    table: pd.DataFrame                        # one row per finished (or diverged) run
+    problems: list[dict[str, str]] = field(default_factory=list)   # failed / diverged / unfinished / missing
+    curves: dict[str, pd.DataFrame] = field(default_factory=dict)  # run_id -> per-epoch metrics
+
+
+def _source(sweep: str, tracking_uri: str | None, storage_path: str | None) -> tuple[str, str, str, list[Trial]]:
+    """(name, tracking uri, experiment, expected trials) from a sweep file or a launched sweep's name."""
+    if sweep.endswith((".yaml", ".yml")) or Path(sweep).is_file():
+        spec = load_sweep(sweep)
+        return spec.name, tracking_uri or spec.tracking_uri, spec.experiment, list(spec.trials)
+    saved = load_saved_sweep(sweep, storage_path)
+    return saved.name, tracking_uri or saved.tracking_uri, saved.experiment, saved.trials
+
+
+def metric_columns(eps: list[float]) -> list[str]:
+    cols = [CLEAN_ACC]
+    for attack in ("fgsm", "pgd"):
+        for e in eps:
+            cols += [attack_key(attack, "acc", e), attack_key(attack, "ratio", e)]
+    return cols + [HESSIAN_TOP_EIG]
+
+
+def _param(params: dict[str, str], key: str) -> Any:
+    raw = params.get(key)
+    if raw in (None, "None"):
+        return None
+    if key in _INT:
+        return int(raw)
+    if key in _FLOAT:
+        return float(raw)
+    return raw
+
+
+def collect(sweep: str, *, tracking_uri: str | None = None, storage_path: str | None = None,
+            curves: bool = True) -> SweepRuns:
+    name, uri, experiment, trials = _source(sweep, tracking_uri, storage_path)
+    client = make_client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = trial_runs(client, exp.experiment_id, name) if exp is not None else {}
+    runs.pop("", None)
+    if not any(runs.values()):
+        raise UserError(f"Sweep {name!r} has no runs in MLflow experiment {experiment!r} at {uri}. Launch it "
+                        f"first (robustsweep launch SWEEP.yaml), or point --tracking-uri at the store it logged to.")
+    expected = {t.trial_id: t for t in trials}
+    eps_sets: dict[str, set[float]] = {}
+    for t in trials:
+        eps_sets.setdefault(t.config.dataset, set()).update(t.config.eps)
+    rows, problems, histories = [], [], {}
+    for trial_id in sorted(set(expected) | set(runs)):
+        mine = runs.get(trial_id, [])
+        finished = [r for r in mine if r.info.status == "FINISHED"]
+        if not finished:
+            latest = mine[0] if mine else None
+            state = "unfinished" if latest is None or latest.info.status == "RUNNING" else "failed"
+            reason = ("no run yet" if latest is None else "still running" if state == "unfinished"
+                      else latest.data.tags.get("error", latest.info.status))
+            problems.append({"trial_id": trial_id, "kind": state, "reason": reason,
+                             "run_id": latest.info.run_id if latest else ""})
+            continue
+        run = finished[0]
+        params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+        row: dict[str, Any] = {"trial_id": trial_id, "group": tags.get("group", ""), "run_id": run.info.run_id,
+                               "outcome": tags.get("outcome", "finished")}
+        row.update({k: _param(params, k) for k in CONFIG_COLUMNS})
+        if row["lr"] is None and row["lr_batch_ratio"] is not None:
+            row["lr"] = row["lr_batch_ratio"] * row["batch_size"]  # the initial rate the ratio gives
+        if row["dataset"] not in eps_sets:  # a run the sweep file no longer declares
+            eps_sets[row["dataset"]] = set(yaml_load(params.get("eps", "[]")) or [])
+        wanted = metric_columns(sorted(eps_sets[row["dataset"]]))
+        row.update({k: metrics.get(k) for k in wanted + [ATTACKED_CLEAN_ACC]})
+        row["diverged"] = row["outcome"] == "diverged"
+        if row["diverged"]:
+            problems.append({"trial_id": trial_id, "kind": "diverged", "run_id": run.info.run_id,
+                             "reason": tags.get("diverged_reason", "training loss became non-finite")})
+        else:
+            missing = [k for k in wanted if k not in metrics]
+            if missing:
+                problems.append({"trial_id": trial_id, "kind": "missing metrics", "run_id": run.info.run_id,
+                                 "reason": "run has no " + ", ".join(missing)})
+        rows.append(row)
+        if curves:
+            histories[run.info.run_id] = _history(client, run.info.run_id)
+    eps = {dataset: sorted(values) for dataset, values in eps_sets.items()}
+    return SweepRuns(name, uri, experiment, eps, pd.DataFrame(rows), problems, histories)
+
+
+def _history(client, run_id: str) -> pd.DataFrame:
+    frames = []
+    for key in ("train_loss", "test_acc"):
+        points = client.get_metric_history(run_id, key)
+        frames.append(pd.Series({m.step: m.value for m in points}, name=key, dtype=float))
+    return pd.concat(frames, axis=1).sort_index()

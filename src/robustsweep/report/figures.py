@@ -1,0 +1,141 @@
+"""The study's figures: each measurement against batch size, one line per variant, one panel per regime."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .tables import ROW_KEYS, aggregate  # noqa: E402
+
+LABELS = {
+    "clean_acc": "clean test accuracy",
+    "hessian_top_eig": "top Hessian eigenvalue (log scale)",
+    "train_loss": "training loss",
+    "test_acc": "test accuracy",
+}
+
+
+def metric_label(metric: str) -> str:
+    if metric in LABELS:
+        return LABELS[metric]
+    attack, what, eps = metric.split("_", 2)
+    eps = eps.removeprefix("eps")
+    if what == "acc":
+        return f"{attack.upper()} accuracy, eps={eps}"
+    return f"{attack.upper()} / clean accuracy, eps={eps}"
+
+
+def _line_label(row: pd.Series, keys: list[str]) -> str:
+    parts = []
+    for k in keys:
+        v = row[k]
+        if k == "variant":
+            parts.insert(0, str(v))
+        elif v not in ("-", None) and not (isinstance(v, float) and math.isnan(v)):
+            parts.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(parts)
+
+
+def _panels(df: pd.DataFrame) -> list[str]:
+    """Regimes (groups) that vary the batch size: the ones a batch-size plot says something about."""
+    return [g for g, part in df.groupby("group", sort=False) if part["batch_size"].nunique() > 1]
+
+
+def batch_size_figure(df: pd.DataFrame, dataset: str, metric: str, path: Path) -> Path | None:
+    """One panel per regime; x = batch size (log2), one line per configuration; error bars = seed std."""
+    part = df[(df["dataset"] == dataset) & ~df["diverged"] & df[metric].notna()]
+    groups = _panels(part)
+    if not groups:
+        return None
+    cols = min(len(groups), 3)
+    rows = math.ceil(len(groups) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False, sharey=True)
+    line_keys = [k for k in ROW_KEYS if k != "batch_size"]
+    for ax, group in zip(axes.flat, groups):
+        agg = aggregate(part[part["group"] == group], line_keys + ["batch_size"], [metric])
+        varying = [k for k in line_keys if agg[k].nunique(dropna=False) > 1]
+        keys = ["variant"] + [k for k in varying if k != "variant"]
+        for _, line in agg.groupby([k for k in keys], sort=True, dropna=False):
+            line = line.sort_values("batch_size")
+            ax.errorbar(line["batch_size"], line[metric], yerr=line[f"{metric}_std"].fillna(0.0), marker="o",
+                        capsize=3, label=_line_label(line.iloc[0], keys))
+        ax.set_xscale("log", base=2)
+        if metric == "hessian_top_eig":
+            ax.set_yscale("log")
+        ax.set_title(f"{dataset}: {group}")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(metric_label(metric))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{metric_label(metric)} against batch size ({dataset}; mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def learning_curves_figure(df: pd.DataFrame, curves: dict[str, pd.DataFrame], dataset: str, path: Path) -> Path | None:
+    """Test accuracy per epoch for every run, one panel per regime."""
+    part = df[df["dataset"] == dataset]
+    groups = list(dict.fromkeys(part["group"]))
+    if not groups:
+        return None
+    cols = min(len(groups), 3)
+    rows = math.ceil(len(groups) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False, sharey=True)
+    for ax, group in zip(axes.flat, groups):
+        runs = part[part["group"] == group]
+        varying = [k for k in ROW_KEYS + ["seed"] if runs[k].astype(str).nunique() > 1]
+        for _, run in runs.iterrows():
+            curve = curves.get(run["run_id"])
+            if curve is None or curve["test_acc"].dropna().empty:
+                continue
+            label = _line_label(run, ["variant"] + [k for k in varying if k != "variant"])
+            ax.plot(curve.index, curve["test_acc"], marker=".", linewidth=1, label=label)
+        ax.set_title(f"{dataset}: {group}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(LABELS["test_acc"])
+        ax.grid(True, alpha=0.3)
+        if len(runs) <= 12:
+            ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Learning curves ({dataset}): test accuracy after each epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def correlation_figure(df: pd.DataFrame, ratio_columns: list[str], path: Path) -> Path | None:
+    """Scatter of each attack ratio against the top Hessian eigenvalue, coloured by dataset."""
+    ok = df[~df["diverged"] & df["hessian_top_eig"].notna()]
+    columns = [c for c in ratio_columns if c in ok and ok[c].notna().any()]
+    if not columns:
+        return None
+    cols = min(len(columns), 4)
+    rows = math.ceil(len(columns) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, column in zip(axes.flat, columns):
+        for dataset, part in ok[ok[column].notna()].groupby("dataset"):
+            ax.scatter(part["hessian_top_eig"], part[column], s=18, alpha=0.8, label=dataset)
+        ax.set_xscale("log")
+        ax.set_xlabel(LABELS["hessian_top_eig"])
+        ax.set_ylabel(metric_label(column))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(columns):]:
+        ax.set_visible(False)
+    fig.suptitle("Curvature against robustness: one point per trial")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

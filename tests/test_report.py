@@ -1,0 +1,162 @@
+"""`robustsweep report` from a real MLflow store filled by a real (debug-mode) sweep."""
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from scipy import stats
+
+from robustsweep.cli import main
+from robustsweep.errors import UserError
+from robustsweep.report import make_report
+from robustsweep.report.correlation import spearman
+from robustsweep.report.tables import aggregate
+
+TINY = ("subset: 300, test_subset: 200, batch_size: 50, attack_subset: 40, hessian_samples: 32, pgd_steps: 2, "
+        "hessian_iters: 3, eval_batch_size: 200, device: cpu, epochs: 1")
+
+
+@pytest.fixture(scope="module")
+def filled_store(tmp_path_factory, mnist_root):
+    """A small real sweep, run in-process: 2 variants x 2 batch sizes x 2 seeds, plus a diverging trial."""
+    tmp = tmp_path_factory.mktemp("report")
+    path = tmp / "rep.yaml"
+    path.write_text(f"""
+name: rep
+storage_path: {tmp / 'ray_results'}
+mlflow: {{tracking_uri: "sqlite:///{tmp / 'mlflow.db'}"}}
+seeds: [0, 1]
+base: {{dataset: mnist, data_root: "{mnist_root}", {TINY}}}
+groups:
+  - name: constant-lr
+    set: {{lr: 0.05}}
+    grid: {{variant: [sgd, adam], batch_size: [25, 50]}}
+  - name: exploding
+    set: {{lr: 1.0e+30, variant: sgd}}   # overflows to NaN in the first epoch
+""")
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        assert main(["launch", str(path), "--debug"]) == 0
+    finally:
+        os.chdir(cwd)
+    return path, f"sqlite:///{tmp / 'mlflow.db'}"
+
+
+def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
+    path, uri = filled_store
+    out = tmp_path / "out"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("rep")
+    mlflow_runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id])}
+    # every run appears, with MLflow's numbers
+    assert set(runs["run_id"]) == set(mlflow_runs) and len(runs) == 10
+    assert runs["diverged"].sum() == 2
+    for _, row in runs.iterrows():
+        metrics = mlflow_runs[row["run_id"]].data.metrics
+        for key in ("clean_acc", "pgd_acc_eps0.15", "fgsm_ratio_eps0.03", "hessian_top_eig"):
+            if key in metrics:
+                assert row[key] == pytest.approx(metrics[key], rel=1e-12)
+    # the diverged trial is listed with its reason, not silently dropped
+    problems = pd.read_csv(out / "problems.csv")
+    assert list(problems["kind"]) == ["diverged", "diverged"]  # both seeds of the exploding group
+    assert problems["reason"].str.contains("non-finite").all()
+    # figures are valid images of nonzero size, and the page references every one
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) >= 10
+    for png in pngs:
+        with Image.open(png) as image:
+            image.verify()
+            assert image.size[0] > 100 and image.size[1] > 100
+    page = (out / "index.html").read_text()
+    assert set(re.findall(r'<img src="([^"]+)"', page)) == {p.name for p in pngs}
+    # tables aggregate the two seeds: mean ± std (n=2) against MLflow's numbers
+    table = (out / "tables.md").read_text()
+    sgd32 = [mlflow_runs[r].data.metrics["clean_acc"] for r in
+             runs[(runs.variant == "sgd") & (runs.batch_size == 25) & (runs.group == "constant-lr")]["run_id"]]
+    assert f"{np.mean(sgd32):.4f} ± {np.std(sgd32, ddof=1):.2g} (n=2)" in table
+    corr = pd.read_csv(out / "correlation.csv")
+    assert set(corr["scope"]) == {"all", "mnist"} and (corr["n"] == 8).all()  # diverged runs excluded
+
+
+def test_log_to_mlflow_attaches_the_report(filled_store, tmp_path):
+    path, uri = filled_store
+    assert main(["report", str(path), "--out", str(tmp_path / "o"), "--log-to-mlflow"]) == 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("rep")
+    (summary,) = client.search_runs([exp.experiment_id], filter_string="tags.kind = 'report'")
+    names = {a.path for a in client.list_artifacts(summary.info.run_id, "report")}
+    assert "report/index.html" in names and "report/runs.csv" in names
+    # the summary run is not mistaken for a trial
+    assert len(pd.read_csv(make_report(str(path), tmp_path / "again").out / "runs.csv")) == 10
+
+
+def test_missing_metric_is_reported(filled_store, tmp_path, capsys):
+    path, uri = filled_store
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("rep")
+    run = client.create_run(exp.experiment_id, tags={"sweep": "rep", "trial_id": "handmade", "group": "x"})
+    client.log_batch(run.info.run_id, params=[])
+    client.log_param(run.info.run_id, "dataset", "mnist")
+    client.log_metric(run.info.run_id, "clean_acc", 0.5)
+    client.set_terminated(run.info.run_id)
+    try:
+        assert main(["report", str(path), "--out", str(tmp_path / "m")]) == 0
+        err = capsys.readouterr().err
+        assert "missing metrics: handmade: run has no fgsm_acc_eps0.03" in err
+        assert "hessian_top_eig" in err
+    finally:
+        client.delete_run(run.info.run_id)
+
+
+def test_empty_sweep_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "empty.yaml"
+    path.write_text(f'name: empty\nmlflow: {{tracking_uri: "sqlite:///{tmp_path / "m.db"}"}}\ngroups: [{{name: g}}]\n')
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Sweep 'empty' has no runs in MLflow experiment 'empty'" in err and "Traceback" not in err
+
+
+def test_aggregation_against_hand_computed_means_and_deviations():
+    df = pd.DataFrame({
+        "variant": ["sgd", "sgd", "sgd", "adam"], "batch_size": [32, 32, 32, 32], "lr": [0.1, 0.1, 0.1, None],
+        "clean_acc": [0.90, 0.92, 0.97, 0.8], "hessian_top_eig": [10.0, 20.0, None, 5.0],
+        "diverged": [False, False, False, False]})
+    agg = aggregate(df, ["variant", "batch_size", "lr"], ["clean_acc", "hessian_top_eig"]).set_index("variant")
+    assert agg.loc["sgd", "clean_acc"] == pytest.approx(0.93)
+    # sample std of 0.90, 0.92, 0.97: deviations -0.03, -0.01, 0.04 -> sqrt((9+1+16)e-4 / 2)
+    assert agg.loc["sgd", "clean_acc_std"] == pytest.approx(math.sqrt(26e-4 / 2))
+    assert agg.loc["sgd", "clean_acc_n"] == 3
+    assert agg.loc["sgd", "hessian_top_eig"] == 15.0 and agg.loc["sgd", "hessian_top_eig_n"] == 2
+    assert agg.loc["adam", "clean_acc"] == 0.8 and math.isnan(agg.loc["adam", "clean_acc_std"])
+    assert agg.loc["adam", "lr"] == "-"  # a missing setting stays a row of its own
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spearman_matches_scipy_including_ties(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 6, 25).astype(float)  # many ties
+    y = x + rng.normal(0, 2, 25)
+    rho, p, n = spearman(x, y)
+    ref = stats.spearmanr(x, y)
+    assert (rho, p, n) == (pytest.approx(ref.statistic, abs=1e-12), pytest.approx(ref.pvalue, rel=1e-9), 25)
+
+
+def test_spearman_drops_missing_pairs():
+    rho, p, n = spearman([1, 2, 3, 4, None, 6], [2, 1, 4, 3, 5, float("nan")])
+    ref = stats.spearmanr([1, 2, 3, 4], [2, 1, 4, 3])
+    assert n == 4 and rho == pytest.approx(ref.statistic)
+    assert math.isnan(spearman([1, 2], [3, 4])[0])
+
+
+def test_report_by_name_needs_a_launched_sweep(tmp_path):
+    with pytest.raises(UserError, match="No sweep named 'ghost'"):
+        make_report("ghost", tmp_path / "r", storage_path=str(tmp_path))
