@@ -64,7 +64,7 @@ def _train_least_squares(name, epochs, lr=0.05):
         variant.start_epoch(epoch, batches)
         for x, y in batches:
             variant.train_step(x, y)
-        errors.append(float((model.weight[0] - w_star).norm()))
+        errors.append(float((model.weight[0].detach() - w_star).norm()))
     return errors, variant, model, (a, b, w_star)
 
 

@@ -57,7 +57,7 @@ def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-def _default_data_root() -> str:
+def default_data_root() -> str:
     return os.environ.get(DATA_ROOT_ENV, "data")
 
 
@@ -68,7 +68,7 @@ class TrialConfig:
     # ---- data -------------------------------------------------------------
     dataset: Literal["mnist", "cifar10"] = _opt("mnist", "Dataset: mnist or cifar10.")
     data_root: str = field(
-        default_factory=_default_data_root,
+        default_factory=default_data_root,
         metadata={"help": f"Folder holding the torchvision dataset files (env {DATA_ROOT_ENV}; default ./data)."},
     )
     download: bool = _opt(True, "Download the dataset into data_root when it is missing (needs internet).")

@@ -104,9 +104,8 @@ def top_eigenvalue(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     return top_eigenvalue_with_iterations(model, inputs, targets, **options).eigenvalue
 
 
-def hessian_sample(images: torch.Tensor, labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    """Indices of a fixed, seeded sample of ``size`` examples (all when size >= len)."""
-    n = len(labels)
+def hessian_sample(n: int, size: int, seed: int) -> torch.Tensor:
+    """Indices of a fixed, seeded sample of ``size`` of ``n`` examples (all when size >= n)."""
     if size >= n:
         return torch.arange(n)
     generator = torch.Generator().manual_seed(seed)

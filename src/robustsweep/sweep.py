@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import FIELDS, TrialConfig, _default_data_root, coerce, make_trial_config, read_yaml_mapping
+from .config import FIELDS, TrialConfig, default_data_root, coerce, make_trial_config, read_yaml_mapping
 from .errors import ConfigError
 from .tracking import normalize_tracking_uri
 
@@ -293,7 +293,7 @@ def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:
             chosen = {**extra, **dict(zip(keys, point))}
             values = {**spec.base, **group.settings, **chosen, "seed": seed,
                       "mlflow_tracking_uri": spec.tracking_uri, "mlflow_experiment": spec.experiment}
-            values.setdefault("data_root", _default_data_root())  # workers may not share our environment
+            values.setdefault("data_root", default_data_root())  # workers may not share our environment
             values = _absolute_paths({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()},
                                      base_dir)
             described = ", ".join(f"{k}={v}" for k, v in chosen.items()) or "its single point"

@@ -91,7 +91,7 @@ def evaluate(model: torch.nn.Module, data: DeviceData, config: TrialConfig,
             out[keys.attack_key(attack, "acc", eps)] = acc
             out[keys.attack_key(attack, "ratio", eps)] = acc / base if base > 0 else 0.0
             log(f"{attack} eps={eps:g}: accuracy {acc:.4f} ({time.perf_counter() - t0:.1f}s)")
-    index = hessian_sample(data.train.images, data.train.labels, config.hessian_samples, config.seed)
+    index = hessian_sample(len(data.train), config.hessian_samples, config.seed)
     x_h, y_h = data.train.floats(index.to(data.train.labels.device))
     t0 = time.perf_counter()
     eig = top_eigenvalue_with_iterations(model, x_h, y_h, max_iter=config.hessian_iters,

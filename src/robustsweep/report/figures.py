@@ -42,6 +42,25 @@ def _line_label(row: pd.Series, keys: list[str]) -> str:
     return ", ".join(parts)
 
 
+def _panel_grid(n: int, width: float = 5.2, height: float = 3.9, max_cols: int = 3, sharey: bool = True):
+    """A figure with n panels in rows of at most ``max_cols``; returns (fig, the n axes, the spare axes)."""
+    cols = min(n, max_cols)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, sharey=sharey)
+    flat = list(axes.flat)
+    return fig, flat[:n], flat[n:]
+
+
+def _save(fig, spare, title: str, path: Path) -> Path:
+    for ax in spare:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _panels(df: pd.DataFrame) -> list[str]:
     """Regimes (groups) that vary the batch size: the ones a batch-size plot says something about."""
     return [g for g, part in df.groupby("group", sort=False) if part["batch_size"].nunique() > 1]
@@ -53,11 +72,9 @@ def batch_size_figure(df: pd.DataFrame, dataset: str, metric: str, path: Path) -
     groups = _panels(part)
     if not groups:
         return None
-    cols = min(len(groups), 3)
-    rows = math.ceil(len(groups) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False, sharey=True)
+    fig, axes, spare = _panel_grid(len(groups))
     line_keys = [k for k in ROW_KEYS if k != "batch_size"]
-    for ax, group in zip(axes.flat, groups):
+    for ax, group in zip(axes, groups):
         agg = aggregate(part[part["group"] == group], line_keys + ["batch_size"], [metric])
         varying = [k for k in line_keys if agg[k].nunique(dropna=False) > 1]
         keys = ["variant"] + [k for k in varying if k != "variant"]
@@ -73,13 +90,7 @@ def batch_size_figure(df: pd.DataFrame, dataset: str, metric: str, path: Path) -
         ax.set_ylabel(metric_label(metric))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(groups):]:
-        ax.set_visible(False)
-    fig.suptitle(f"{metric_label(metric)} against batch size ({dataset}; mean ± std over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, spare, f"{metric_label(metric)} against batch size ({dataset}; mean ± std over seeds)", path)
 
 
 def learning_curves_figure(df: pd.DataFrame, curves: dict[str, pd.DataFrame], dataset: str, path: Path) -> Path | None:
@@ -88,10 +99,8 @@ def learning_curves_figure(df: pd.DataFrame, curves: dict[str, pd.DataFrame], da
     groups = list(dict.fromkeys(part["group"]))
     if not groups:
         return None
-    cols = min(len(groups), 3)
-    rows = math.ceil(len(groups) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False, sharey=True)
-    for ax, group in zip(axes.flat, groups):
+    fig, axes, spare = _panel_grid(len(groups))
+    for ax, group in zip(axes, groups):
         runs = part[part["group"] == group]
         varying = [k for k in ROW_KEYS + ["seed"] if runs[k].astype(str).nunique() > 1]
         for _, run in runs.iterrows():
@@ -106,13 +115,7 @@ def learning_curves_figure(df: pd.DataFrame, curves: dict[str, pd.DataFrame], da
         ax.grid(True, alpha=0.3)
         if len(runs) <= 12:
             ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(groups):]:
-        ax.set_visible(False)
-    fig.suptitle(f"Learning curves ({dataset}): test accuracy after each epoch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, spare, f"Learning curves ({dataset}): test accuracy after each epoch", path)
 
 
 def correlation_figure(df: pd.DataFrame, ratio_columns: list[str], path: Path) -> Path | None:
@@ -121,10 +124,8 @@ def correlation_figure(df: pd.DataFrame, ratio_columns: list[str], path: Path) -
     columns = [c for c in ratio_columns if c in ok and ok[c].notna().any()]
     if not columns:
         return None
-    cols = min(len(columns), 4)
-    rows = math.ceil(len(columns) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
-    for ax, column in zip(axes.flat, columns):
+    fig, axes, spare = _panel_grid(len(columns), 4.2, 3.6, max_cols=4, sharey=False)
+    for ax, column in zip(axes, columns):
         for dataset, part in ok[ok[column].notna()].groupby("dataset"):
             ax.scatter(part["hessian_top_eig"], part[column], s=18, alpha=0.8, label=dataset)
         ax.set_xscale("log")
@@ -132,10 +133,4 @@ def correlation_figure(df: pd.DataFrame, ratio_columns: list[str], path: Path) -
         ax.set_ylabel(metric_label(column))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(columns):]:
-        ax.set_visible(False)
-    fig.suptitle("Curvature against robustness: one point per trial")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, spare, "Curvature against robustness: one point per trial", path)
