@@ -116,15 +116,17 @@ def _finished(uri, experiment):
 
 
 def test_driver_killed_mid_sweep_then_resume_completes_it(tmp_path, mnist_root, mlflow_uri):
-    groups = "  - name: g\n    grid: {lr: [0.01, 0.02, 0.05, 0.1]}\n"
-    path = _sweep(tmp_path, mnist_root, "killed", mlflow_uri, groups, epochs=3, concurrent=1)
+    # Longer trials than elsewhere (1500 examples, 4 epochs: several seconds each), so the kill
+    # lands while a later trial is still training.
+    groups = "  - name: g\n    set: {subset: 1500}\n    grid: {lr: [0.01, 0.02, 0.05, 0.1]}\n"
+    path = _sweep(tmp_path, mnist_root, "killed", mlflow_uri, groups, epochs=4, concurrent=1)
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen([BIN / "robustsweep", "launch", str(path), "--verbose", "0"], cwd=tmp_path, env=env,
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_for(lambda: len(_finished(mlflow_uri, "killed")) >= 1, 240, "a first finished trial")
-        time.sleep(3)  # into the next trial
+        time.sleep(1)  # into the next trial
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, all at once
         driver.wait(30)
     finally:
@@ -144,7 +146,7 @@ def test_driver_killed_mid_sweep_then_resume_completes_it(tmp_path, mnist_root, 
         assert len(runs) == 1, f"duplicate MLflow runs for {trial_id}"
         assert runs[0].info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "clean_acc")]
-        assert steps == [3], "the final evaluation ran once"
+        assert steps == [4], "the final evaluation ran once"
     for trial_id, run in before.items():
         (after,) = by_trial[trial_id]
         assert after.info.end_time == run.info.end_time, "a finished trial was run again"
