@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -39,35 +40,51 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_epochs(root: str, device: torch.device, batch_size: int) -> None:
+def bench_epochs(root: str, device: torch.device, batch_size: int, rounds: int) -> None:
+    """Rounds of one epoch per variant, interleaved so machine noise hits all alike; the median is reported."""
     data = DeviceData.load("mnist", root, device, download=False)
     print(f"\n### M1 epoch on full MNIST ({len(data.train)} examples, batch {batch_size}, {machine(device)})\n")
-    print("| variant | seconds/epoch | vs sgd | grad evals/epoch |")
-    print("|---|---|---|---|")
+    print(f"median of {rounds} interleaved rounds; sgdselective is timed after its first (full) epoch\n")
+    names = ("sgd", "svrg", "sgdnoise", "sgdselective", "adam", "adamw")
     _warm_up(data, device, batch_size)
-    base = None
-    for name in ("sgd", "svrg", "sgdnoise", "sgdselective", "adam", "adamw"):
+    runs = {}
+    for name in names:
         lr = 0.001 if name.startswith("adam") else 0.01
-        config = TrialConfig(variant=name, lr=lr, batch_size=batch_size, noise_ref_batch=32 if name == "sgdnoise"
-                             else None).resolved()
+        config = TrialConfig(variant=name, lr=lr, batch_size=batch_size,
+                             noise_ref_batch=32 if name == "sgdnoise" else None).resolved()
         torch.manual_seed(0)
         model = build_model("m1").to(device)
         variant = VARIANTS[name](model, config, data.train, torch.Generator().manual_seed(1))
         batches = DeviceBatches(data.train, batch_size, torch.Generator().manual_seed(0), flip=True)
-        # Selective Backprop's first epoch is plain SGD by design: time its second (selective) epoch.
-        epochs = 2 if name == "sgdselective" else 1
-        for epoch in range(epochs):
-            model.train()
-            sync(device)
-            t0 = time.perf_counter()
-            variant.start_epoch(epoch, batches)
-            for x, y in batches:
-                variant.train_step(x, y)
-            sync(device)
-            seconds = time.perf_counter() - t0
-            counts = variant.end_epoch()
-        base = base or seconds
-        print(f"| {name} | {seconds:.2f} | {seconds / base:.2f}x | {int(counts.get('grad_evals', 0))} |", flush=True)
+        runs[name] = [model, variant, batches, 0, [], {}]
+    if "sgdselective" in runs:  # its first epoch back-propagates everything by design
+        _epoch(runs["sgdselective"], device)
+    for _ in range(rounds):
+        for name in names:
+            _epoch(runs[name], device)
+    base = statistics.median(runs["sgd"][4])
+    print("| variant | seconds/epoch (median) | min-max | vs sgd | grad evals/epoch |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        times, counts = runs[name][4], runs[name][5]
+        med = statistics.median(times)
+        print(f"| {name} | {med:.2f} | {min(times):.1f}-{max(times):.1f} | {med / base:.2f}x | "
+              f"{int(counts.get('grad_evals', 0))} |", flush=True)
+
+
+def _epoch(run: list, device: torch.device) -> None:
+    model, variant, batches, epoch, times, _ = run
+    model.train()
+    sync(device)
+    t0 = time.perf_counter()
+    variant.start_epoch(epoch, batches)
+    for x, y in batches:
+        variant.train_step(x, y)
+    sync(device)
+    if epoch > 0 or variant.name != "sgdselective":
+        times.append(time.perf_counter() - t0)
+    run[5] = variant.end_epoch()
+    run[3] = epoch + 1
 
 
 def _warm_up(data: DeviceData, device: torch.device, batch_size: int, steps: int = 50) -> None:
@@ -163,6 +180,7 @@ def main() -> None:
     parser.add_argument("--data-root", default=os.environ.get("ROBUSTSWEEP_DATA_ROOT", "../shared/data"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved epochs per variant (median reported)")
     parser.add_argument("--ray-trials", type=int, default=6)
     parser.add_argument("--vgg-steps", type=int, default=5)
     parser.add_argument("--only", choices=("epochs", "eval", "ray", "vgg"), action="append")
@@ -170,7 +188,7 @@ def main() -> None:
     device = resolve_device(args.device)
     only = set(args.only or ("epochs", "eval", "ray", "vgg"))
     if "epochs" in only:
-        bench_epochs(args.data_root, device, args.batch_size)
+        bench_epochs(args.data_root, device, args.batch_size, args.rounds)
     if "eval" in only:
         bench_eval(args.data_root, device)
     if "vgg" in only:

@@ -21,6 +21,7 @@ import yaml
 from . import metrics as keys
 from .attacks import attack_accuracy, clean_accuracy
 from .config import TrialConfig
+from .errors import UserError
 from .data import DeviceBatches, DeviceData
 from .hessian import hessian_sample, top_eigenvalue_with_iterations
 from .models import build_model
@@ -151,6 +152,13 @@ def run_trial(config: TrialConfig, *, resume_state: dict[str, Any] | None = None
                                             "device_name": device_name(device), **(tags or {})})
     try:
         return _run(config, run, device, resume_state, on_epoch_end, progress, log)
+    except torch.OutOfMemoryError as exc:
+        run.fail(exc)
+        raise UserError(
+            f"The trial ran out of memory on {device} ({str(exc).splitlines()[0]}). Lower batch_size, "
+            f"eval_batch_size ({config.eval_batch_size}) or hessian_samples ({config.hessian_samples}), or give "
+            "the trial a larger share of the GPU in the sweep's resources."
+        ) from None
     except BaseException as exc:  # KeyboardInterrupt too: the run must not stay RUNNING
         run.fail(exc)
         raise
