@@ -127,12 +127,21 @@ def _prepare_tracking(spec: SweepSpec) -> None:
                             "Check that the store is writable and the server is up.") from None
 
 
+def _storage_file(storage_path: str, *parts: str):
+    """(pyarrow filesystem, path) for a file under a local folder or an s3:// / gs:// storage path."""
+    from pyarrow import fs
+
+    filesystem, root = fs.FileSystem.from_uri(storage_path if "://" in storage_path
+                                              else Path(storage_path).resolve().as_uri())
+    return filesystem, "/".join([root.rstrip("/"), *parts])
+
+
 def _save_spec(spec: SweepSpec) -> None:
-    folder = Path(spec.experiment_dir)
-    if "://" in spec.storage_path:
-        return  # cloud storage: Ray writes there; the driver keeps a local copy below
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / SWEEP_FILE).write_text(json.dumps(spec_to_json(spec), indent=1))
+    """Write the expanded sweep next to Ray's experiment state (local folder or cloud storage)."""
+    filesystem, path = _storage_file(spec.storage_path, spec.name, SWEEP_FILE)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as out:
+        out.write(json.dumps(spec_to_json(spec), indent=1).encode())
 
 
 def spec_to_json(spec: SweepSpec) -> dict[str, Any]:
@@ -159,14 +168,19 @@ class SavedSweep:
 
 
 def load_saved_sweep(name: str, storage_path: str | None = None) -> SavedSweep:
-    storage = str(Path(storage_path or DEFAULT_STORAGE).resolve())
-    path = Path(storage) / name / SWEEP_FILE
-    if not path.is_file():
+    storage = storage_path or DEFAULT_STORAGE
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    try:
+        filesystem, path = _storage_file(storage, name, SWEEP_FILE)
+        with filesystem.open_input_stream(path) as stream:
+            data = json.loads(stream.read())
+    except (FileNotFoundError, OSError) as exc:
         raise UserError(
-            f"No sweep named {name!r} under {storage} ({path} is missing). Give the storage path the sweep was "
-            f"launched with (--storage-path), or launch it first with `robustsweep launch SWEEP.yaml`."
-        )
-    data = json.loads(path.read_text())
+            f"No sweep named {name!r} under {storage} ({name}/{SWEEP_FILE} cannot be read: "
+            f"{str(exc).splitlines()[0]}). Give the storage path the sweep was launched with (--storage-path), "
+            f"or launch it first with `robustsweep launch SWEEP.yaml`."
+        ) from None
     return SavedSweep(data["name"], data["storage_path"], data["tracking_uri"], data["experiment"],
                       data["max_concurrent"], data["max_failures"], [Trial.from_json(t) for t in data["trials"]])
 
