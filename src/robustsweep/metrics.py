@@ -20,9 +20,15 @@ def attack_key(attack: str, what: str, eps: float) -> str:
     return f"{attack}_{what}_eps{eps_label(eps)}"
 
 
-def final_metric_keys(eps: tuple[float, ...] | list[float]) -> list[str]:
-    keys = [CLEAN_ACC, ATTACKED_CLEAN_ACC, HESSIAN_TOP_EIG, HESSIAN_ITERS]
-    for e in eps:
-        for attack in ("fgsm", "pgd"):
+def measurement_keys(eps: tuple[float, ...] | list[float]) -> list[str]:
+    """The study's measurements in table order: clean, FGSM/PGD accuracy and ratio per eps, eigenvalue."""
+    keys = [CLEAN_ACC]
+    for attack in ("fgsm", "pgd"):
+        for e in eps:
             keys += [attack_key(attack, "acc", e), attack_key(attack, "ratio", e)]
-    return keys
+    return keys + [HESSIAN_TOP_EIG]
+
+
+def final_metric_keys(eps: tuple[float, ...] | list[float]) -> list[str]:
+    """Every metric a finished trial logs at its last epoch."""
+    return measurement_keys(eps) + [ATTACKED_CLEAN_ACC, HESSIAN_ITERS]

@@ -168,19 +168,13 @@ class _Where:
 
     def settings(self, value: Any, path: str) -> dict[str, Any]:
         data = self.mapping(value, path, set(FIELDS))
-        try:
-            return {k: coerce(k, v) for k, v in data.items()}
-        except ConfigError as exc:
-            key = next(k for k in data if _fails(k, data[k]))
-            raise self.error(f"{path}.{key}", str(exc)) from None
-
-
-def _fails(key: str, value: Any) -> bool:
-    try:
-        coerce(key, value)
-        return False
-    except ConfigError:
-        return True
+        out = {}
+        for key, v in data.items():
+            try:
+                out[key] = coerce(key, v)
+            except ConfigError as exc:
+                raise self.error(f"{path}.{key}", str(exc)) from None
+        return out
 
 
 def _absolute_paths(settings: dict[str, Any], base_dir: Path) -> dict[str, Any]:

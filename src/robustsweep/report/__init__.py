@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import SweepRuns, collect, metric_columns
+from ..metrics import measurement_keys
+from .collect import SweepRuns, collect
 from .correlation import correlation_table
 from .figures import batch_size_figure, correlation_figure, learning_curves_figure, metric_label
 from .tables import ROW_KEYS, aggregate, display_table, to_html, to_markdown
@@ -58,7 +59,7 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
     all_ratios: list[str] = []
     for dataset in sorted(df["dataset"].dropna().unique()) if not df.empty else []:
         eps = runs.eps.get(dataset, [])
-        metrics = metric_columns(eps)
+        metrics = measurement_keys(eps)
         all_ratios += [m for m in metrics if "_ratio_" in m and m not in all_ratios]
         part = df[df["dataset"] == dataset]
         markdown += [f"## {dataset}", ""]

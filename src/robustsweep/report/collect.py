@@ -11,7 +11,7 @@ import pandas as pd
 from ..config import yaml_load
 from ..errors import UserError
 from ..launch import load_saved_sweep, trial_runs
-from ..metrics import ATTACKED_CLEAN_ACC, CLEAN_ACC, HESSIAN_TOP_EIG, attack_key
+from ..metrics import ATTACKED_CLEAN_ACC, measurement_keys
 from ..sweep import Trial, load_sweep
 from ..tracking import make_client
 
@@ -42,14 +42,6 @@ def _source(sweep: str, tracking_uri: str | None, storage_path: str | None) -> t
         return spec.name, tracking_uri or spec.tracking_uri, spec.experiment, list(spec.trials)
     saved = load_saved_sweep(sweep, storage_path)
     return saved.name, tracking_uri or saved.tracking_uri, saved.experiment, saved.trials
-
-
-def metric_columns(eps: list[float]) -> list[str]:
-    cols = [CLEAN_ACC]
-    for attack in ("fgsm", "pgd"):
-        for e in eps:
-            cols += [attack_key(attack, "acc", e), attack_key(attack, "ratio", e)]
-    return cols + [HESSIAN_TOP_EIG]
 
 
 def _param(params: dict[str, str], key: str) -> Any:
@@ -98,7 +90,7 @@ def collect(sweep: str, *, tracking_uri: str | None = None, storage_path: str | 
             row["lr"] = row["lr_batch_ratio"] * row["batch_size"]  # the initial rate the ratio gives
         if row["dataset"] not in eps_sets:  # a run the sweep file no longer declares
             eps_sets[row["dataset"]] = set(yaml_load(params.get("eps", "[]")) or [])
-        wanted = metric_columns(sorted(eps_sets[row["dataset"]]))
+        wanted = measurement_keys(sorted(eps_sets[row["dataset"]]))
         row.update({k: metrics.get(k) for k in wanted + [ATTACKED_CLEAN_ACC]})
         row["diverged"] = row["outcome"] == "diverged"
         if row["diverged"]:
