@@ -125,3 +125,31 @@ def test_cluster_file_passes_rays_own_schema():
     config["available_node_types"]["head"]["bogus"] = 1
     with pytest.raises(Exception, match="bogus"):
         validate_config(prepare_config(config))
+
+
+def test_debug_mode_keeps_going_past_a_failed_trial_and_never_duplicates_runs(tmp_path, mnist_root, capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    path = _write(tmp_path, f"""
+name: dbg
+mlflow: {{tracking_uri: "{uri}"}}
+base: {{dataset: mnist, data_root: "{mnist_root}", device: cpu, subset: 200, test_subset: 100, epochs: 1,
+        attack_subset: 20, pgd_steps: 1, hessian_samples: 16, hessian_iters: 2, eval_batch_size: 100}}
+groups:
+  - name: broken
+    set: {{fail_at_epoch: 1}}
+  - name: fine
+    set: {{lr: 0.05}}
+""")
+    for attempt in range(2):
+        assert main(["launch", str(path), "--debug"]) == 1  # some trial failed
+        out = capsys.readouterr().out
+        assert "1 failed" in out and "injected failure" in out
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("dbg").experiment_id])
+    by_group = {r.data.tags["group"]: r for r in runs}
+    assert len(runs) == 2  # the second launch reused the failed trial's run and skipped the finished one
+    assert by_group["fine"].info.status == "FINISHED" and "clean_acc" in by_group["fine"].data.metrics
+    assert by_group["broken"].info.status == "FAILED"
+    assert "already finished" in out

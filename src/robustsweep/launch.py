@@ -20,7 +20,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from .errors import UserError
 from .sweep import SweepSpec, Trial
@@ -202,7 +202,7 @@ def _init_ray(address: str | None) -> None:
                         "Ray runtime.") from None
 
 
-def _trainable_with_resources(trials: Iterable[Trial]):
+def _trainable_with_resources():
     from ray import tune
     from ray.tune.execution.placement_groups import PlacementGroupFactory
 
@@ -255,24 +255,26 @@ class SweepResult:
         return out
 
 
+def _row(trial_id: str, trial: Trial | None, outcome: str, run_id: str, metrics, error: str = "") -> dict[str, Any]:
+    """One line of the results table printed after a sweep."""
+    row: dict[str, Any] = {"trial_id": trial_id, "group": trial.group if trial else "?", "outcome": outcome,
+                           "run_id": run_id, "error": error}
+    if trial is not None:
+        c = trial.config
+        row.update(variant=c.variant, batch_size=c.batch_size, lr=c.effective_lr, seed=c.seed)
+    row.update({k: metrics[k] for k in ("clean_acc", "hessian_top_eig") if k in metrics})
+    return row
+
+
 def _collect(grid, trials: list[Trial], name: str, experiment_dir: str) -> SweepResult:
     by_id = {t.trial_id: t for t in trials}
     rows = []
     for result in grid:
-        params = (result.config or {}).get("trial", {})
-        trial = by_id.get(params.get("trial_id", ""))
+        trial_id = (result.config or {}).get("trial", {}).get("trial_id", "?")
         metrics = result.metrics or {}
-        outcome = metrics.get("outcome") if result.error is None else "failed"
-        row = {"trial_id": params.get("trial_id", "?"), "group": params.get("group", "?"),
-               "outcome": outcome or "unfinished", "run_id": metrics.get("run_id", ""),
-               "error": str(result.error).splitlines()[0] if result.error else ""}
-        if trial is not None:
-            c = trial.config
-            row.update(variant=c.variant, batch_size=c.batch_size, lr=c.effective_lr, seed=c.seed)
-        for key in ("clean_acc", "hessian_top_eig"):
-            if key in metrics:
-                row[key] = metrics[key]
-        rows.append(row)
+        outcome = (metrics.get("outcome") or "unfinished") if result.error is None else "failed"
+        error = str(result.error).splitlines()[0] if result.error else ""
+        rows.append(_row(trial_id, by_id.get(trial_id), outcome, metrics.get("run_id", ""), metrics, error))
     return SweepResult(name, rows, experiment_dir)
 
 
@@ -285,7 +287,7 @@ def launch(spec: SweepSpec, *, address: str | None = None, verbose: int = 1) -> 
     _init_ray(address)
     trials = list(spec.trials)
     tuner = tune.Tuner(
-        _trainable_with_resources(trials),
+        _trainable_with_resources(),
         param_space={"trial": tune.grid_search([t.to_json() for t in trials]), "sweep": spec.name},
         tune_config=_tune_config(spec.max_concurrent),
         run_config=_run_config(spec.name, spec.storage_path, spec.max_failures, verbose),
@@ -306,7 +308,7 @@ def resume(name: str, *, storage_path: str | None = None, address: str | None = 
         raise UserError(f"Ray has no restorable experiment state in {saved.experiment_dir} (the driver may have "
                         "died before Ray wrote it). Launch the sweep again: trials already FINISHED in MLflow "
                         "are not trained twice.")
-    tuner = tune.Tuner.restore(saved.experiment_dir, trainable=_trainable_with_resources(saved.trials),
+    tuner = tune.Tuner.restore(saved.experiment_dir, trainable=_trainable_with_resources(),
                                resume_unfinished=True, resume_errored=True)
     grid = tuner.fit()
     return _collect(grid, saved.trials, name, saved.experiment_dir)
@@ -322,26 +324,21 @@ def run_debug(spec: SweepSpec, log: Callable[[str], None] = print) -> SweepResul
         existing = _existing_run(spec.tracking_uri, spec.experiment, spec.name, trial.trial_id)
         if existing is not None and existing.info.status == "FINISHED":
             log(f"[{i}/{len(spec.trials)}] {trial.trial_id}: already finished (MLflow run {existing.info.run_id})")
-            rows.append({"trial_id": trial.trial_id, "group": trial.group,
-                         "outcome": existing.data.tags.get("outcome", "finished"), "run_id": existing.info.run_id,
-                         **{k: existing.data.metrics[k] for k in ("clean_acc", "hessian_top_eig")
-                            if k in existing.data.metrics}})
+            rows.append(_row(trial.trial_id, trial, existing.data.tags.get("outcome", "finished"),
+                             existing.info.run_id, existing.data.metrics))
             continue
         log(f"[{i}/{len(spec.trials)}] {trial.trial_id}")
-        row = {"trial_id": trial.trial_id, "group": trial.group, "variant": trial.config.variant,
-               "batch_size": trial.config.batch_size, "lr": trial.config.effective_lr, "seed": trial.config.seed}
         try:
             outcome = run_trial(trial.config, run_id=existing.info.run_id if existing else None, log=log,
-                                run_name=trial.trial_id, tags={"sweep": spec.name, "trial_id": trial.trial_id, "group": trial.group,
+                                run_name=trial.trial_id,
+                                tags={"sweep": spec.name, "trial_id": trial.trial_id, "group": trial.group,
                                       "mode": "debug"})
-            row.update(outcome=outcome.status, run_id=outcome.run_id,
-                       **{k: outcome.metrics[k] for k in ("clean_acc", "hessian_top_eig") if k in outcome.metrics})
+            rows.append(_row(trial.trial_id, trial, outcome.status, outcome.run_id, outcome.metrics))
         except UserError:
             raise
         except Exception as exc:  # one failing trial does not lose the others
             log(f"  failed: {type(exc).__name__}: {exc}")
-            row.update(outcome="failed", error=f"{type(exc).__name__}: {exc}")
-        rows.append(row)
+            rows.append(_row(trial.trial_id, trial, "failed", "", {}, f"{type(exc).__name__}: {exc}"))
     return SweepResult(spec.name, rows, "")
 
 
