@@ -6,7 +6,6 @@ import pytest
 import yaml
 
 from robustsweep.cli import main
-from robustsweep.errors import ConfigError
 from robustsweep.sweep import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]

@@ -45,8 +45,8 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-DATASETS = ("mnist", "cifar10")
-MODELS = ("m1", "vgg11")
+#: The study's base constant learning rate, used when neither lr nor lr_batch_ratio is given.
+STUDY_BASE_LR = 0.01
 #: The model each dataset is trained with in the study.
 MODEL_FOR_DATASET = {"mnist": "m1", "cifar10": "vgg11"}
 DATA_ROOT_ENV = "ROBUSTSWEEP_DATA_ROOT"
@@ -161,7 +161,7 @@ class TrialConfig:
         if self.eps is None:
             changes["eps"] = (0.02,) if cifar else (0.03, 0.15)  # study's eps per dataset
         if self.lr is None and self.lr_batch_ratio is None:
-            changes["lr"] = 0.01  # the study's base constant rate
+            changes["lr"] = STUDY_BASE_LR
         if self.schedule == "step":
             if self.lr_milestones is None and self.lr_step_every is None:
                 if cifar:
@@ -181,7 +181,7 @@ class TrialConfig:
         """The initial learning rate: lr, or lr_batch_ratio * batch_size."""
         if self.lr_batch_ratio is not None:
             return self.lr_batch_ratio * self.batch_size
-        return 0.01 if self.lr is None else self.lr
+        return STUDY_BASE_LR if self.lr is None else self.lr
 
     def validate(self) -> None:
         """Check values and cross-field rules; raise ConfigError naming the key."""

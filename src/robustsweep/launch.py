@@ -116,8 +116,7 @@ def ray_trainable(params: dict[str, Any]) -> None:
 
 def _prepare_tracking(spec: SweepSpec) -> None:
     """Create the store and experiment on the driver, so trial processes never race to migrate it."""
-    check_server(spec.tracking_uri)
-    client = make_client(spec.tracking_uri)
+    client = make_client(spec.tracking_uri)  # fails fast, with the fix, when a server does not answer
     try:
         get_or_create_experiment(client, spec.experiment, spec.tracking_uri)
     except Exception as exc:

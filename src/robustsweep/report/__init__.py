@@ -51,8 +51,8 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
     df = runs.table
     report = Report(out, runs)
     df.to_csv(out / "runs.csv", index=False)
-    pd.DataFrame(runs.problems, columns=["trial_id", "kind", "reason", "run_id"]).to_csv(out / "problems.csv",
-                                                                                          index=False)
+    problems = pd.DataFrame(runs.problems, columns=["trial_id", "kind", "reason", "run_id"])
+    problems.to_csv(out / "problems.csv", index=False)
 
     markdown = [f"# Sweep {runs.name}", "", f"MLflow: {runs.tracking_uri}, experiment {runs.experiment}", ""]
     sections = []
@@ -93,7 +93,6 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
         if col in corr_display:
             corr_display[col] = corr_display[col].map(lambda v: f"{v:.3g}")
     markdown += ["## Curvature and robustness (Spearman)", "", to_markdown(corr_display), ""]
-    problems = pd.DataFrame(runs.problems, columns=["trial_id", "kind", "reason", "run_id"])
     markdown += ["## Failed, diverged and unfinished trials", "",
                  to_markdown(problems) if not problems.empty else "None.", ""]
     (out / "tables.md").write_text("\n".join(markdown))
