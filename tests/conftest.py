@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -25,9 +33,22 @@ def mnist_root() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def _empty_mlflow_store(tmp_path_factory) -> Path:
+    """One SQLite store with MLflow's schema, made once (creating the tables costs about a second)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+def mlflow_uri(tmp_path, _empty_mlflow_store) -> str:
+    """A real MLflow SQLite store of the test's own: a copy of the empty template."""
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(_empty_mlflow_store, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture(autouse=True)
@@ -63,3 +84,49 @@ def write_cifar_batches(root: Path, n_train: int = 64, n_test: int = 32, seed: i
 @pytest.fixture
 def cifar_root(tmp_path) -> Path:
     return write_cifar_batches(tmp_path / "cifar")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(url, timeout=2).status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_mlflow_server(argv: list[str], log: Path, attempts: int = 3) -> Iterator[int]:
+    """Run ``argv`` (an ``mlflow server`` command line whose port is ``{port}``) until the block ends.
+
+    A free port can be taken by another process before the server binds it: the server then exits,
+    and it is started again on another port. Yields the port it answers on.
+    """
+    for attempt in range(attempts):
+        port = free_port()
+        with open(log, "a") as out:
+            server = subprocess.Popen([a.replace("{port}", str(port)) for a in argv], stdout=out,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 120
+        while server.poll() is None and time.time() < deadline and not _answers(f"http://127.0.0.1:{port}/health"):
+            time.sleep(0.5)
+        if server.poll() is None and _answers(f"http://127.0.0.1:{port}/health"):
+            break
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(30)
+        if attempt == attempts - 1:
+            raise AssertionError(f"the MLflow server did not start; its log:\n{log.read_text()[-3000:]}")
+    try:
+        yield port
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(30)

@@ -113,22 +113,56 @@ def test_fgsm_equals_a_hand_computed_sign_gradient_step():
     assert attack_accuracy(model, x, y, "fgsm", eps) == pytest.approx(hand_accuracy)
 
 
-def test_pgd_is_no_better_than_clean_and_fgsm_and_stays_in_the_ball():
+def _trained_tiny_model():
     torch.manual_seed(0)
     model = _TinyImageModel()
-    x, y = _images(256)
-    # train briefly so clean accuracy is well above chance
+    x, _ = _images(256)
+    teacher = torch.randn(16, 3, generator=torch.Generator().manual_seed(1))
+    y = (x.flatten(1) - 0.5).matmul(teacher).argmax(1)  # labels a linear model can learn
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(100):
+    for _ in range(200):  # clean accuracy well above chance (1/3)
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
+    return model, x, y
+
+
+def test_pgd_breaks_a_trained_model_beats_fgsm_and_stays_in_the_ball():
+    model, x, y = _trained_tiny_model()
+    eps = 0.1
     clean = clean_accuracy(model, x, y)
-    pgd = attack_accuracy(model, x, y, "pgd", 0.1, steps=10)
-    assert pgd <= clean
-    adversarial = build_attack(model, "pgd", 0.1, steps=10)(x, y)
-    assert (adversarial - x).abs().max() <= 0.1 + 1e-6
+    fgsm = attack_accuracy(model, x, y, "fgsm", eps)
+    pgd = attack_accuracy(model, x, y, "pgd", eps, steps=10)
+    assert clean >= 0.6
+    # An attack that returned its input would score `clean`. PGD-10 from a random start must take
+    # at least a third of the correct answers away, and (it includes a sign-gradient step of the
+    # same size among its iterates) leave at most FGSM's accuracy, with 2 examples of slack.
+    assert pgd <= clean * 2 / 3
+    assert pgd <= fgsm + 2 / len(y)
+    adversarial = build_attack(model, "pgd", eps, steps=10)(x, y)
+    assert (adversarial - x).abs().max() <= eps + 1e-6
     assert adversarial.min() >= 0 and adversarial.max() <= 1
+
+
+def test_pgd_step_size_is_madrys_rule_unless_given():
+    model = _TinyImageModel()
+    for eps, steps in ((0.03, 20), (0.15, 7)):
+        attack = build_attack(model, "pgd", eps, steps=steps)
+        assert attack.alpha == pytest.approx(2.5 * eps / steps) and attack.steps == steps and attack.eps == eps
+        assert attack.random_start
+    assert build_attack(model, "pgd", 0.1, steps=5, step_size=0.01).alpha == 0.01
+
+
+def test_pgd_equals_hand_computed_projected_sign_gradient_steps():
+    model, x, y = _trained_tiny_model()
+    eps, alpha, steps = 0.1, 0.03, 3
+    attack = build_attack(model, "pgd", eps, steps=steps, step_size=alpha, random_start=False)
+    expected = x.clone()
+    for _ in range(steps):
+        xr = expected.clone().requires_grad_(True)
+        grad, = torch.autograd.grad(F.cross_entropy(model(xr), y), xr)
+        expected = (x + (expected + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1).detach()
+    assert torch.allclose(attack(x, y), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("attack", ["fgsm", "pgd"])

@@ -2,6 +2,8 @@
 
 import math
 import re
+import shutil
+import sqlite3
 
 import numpy as np
 import pandas as pd
@@ -20,33 +22,50 @@ TINY = ("subset: 300, test_subset: 200, batch_size: 50, attack_subset: 40, hessi
         "hessian_iters: 3, eval_batch_size: 200, device: cpu, epochs: 1")
 
 
-@pytest.fixture(scope="module")
-def filled_store(tmp_path_factory, mnist_root):
-    """A small real sweep, run in-process: 2 variants x 2 batch sizes x 2 seeds, plus a diverging trial."""
-    tmp = tmp_path_factory.mktemp("report")
-    path = tmp / "rep.yaml"
-    path.write_text(f"""
+SWEEP = """
 name: rep
-storage_path: {tmp / 'ray_results'}
-mlflow: {{tracking_uri: "sqlite:///{tmp / 'mlflow.db'}"}}
+storage_path: {folder}/ray_results
+mlflow: {{tracking_uri: "sqlite:///{folder}/mlflow.db"}}
 seeds: [0, 1]
-base: {{dataset: mnist, data_root: "{mnist_root}", {TINY}}}
+base: {{dataset: mnist, data_root: "{data}", {tiny}}}
 groups:
   - name: constant-lr
     set: {{lr: 0.05}}
     grid: {{variant: [sgd, adam], batch_size: [25, 50]}}
   - name: exploding
     set: {{lr: 1.0e+30, variant: sgd}}   # overflows to NaN in the first epoch
-""")
+"""
+
+
+@pytest.fixture(scope="module")
+def _filled_template(tmp_path_factory, mnist_root):
+    """A small real sweep, run once in-process: 2 variants x 2 batch sizes x 2 seeds, plus a diverging trial."""
+    folder = tmp_path_factory.mktemp("report-template")
+    path = folder / "rep.yaml"
+    path.write_text(SWEEP.format(folder=folder, data=mnist_root, tiny=TINY))
     import os
 
     cwd = os.getcwd()
-    os.chdir(tmp)
+    os.chdir(folder)
     try:
         assert main(["launch", str(path), "--debug"]) == 0
     finally:
         os.chdir(cwd)
-    return path, f"sqlite:///{tmp / 'mlflow.db'}"
+    return folder
+
+
+@pytest.fixture
+def filled_store(_filled_template, tmp_path, mnist_root):
+    """The template sweep's store and artifacts, copied for this test alone (tests may add runs)."""
+    folder = tmp_path / "store"
+    shutil.copytree(_filled_template, folder, ignore=shutil.ignore_patterns("ray_results"))
+    with sqlite3.connect(folder / "mlflow.db") as db:  # artifacts: the copy's own folder
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+            db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)",
+                       (str(_filled_template), str(folder)))
+    path = folder / "rep.yaml"
+    path.write_text(SWEEP.format(folder=folder, data=mnist_root, tiny=TINY))
+    return path, f"sqlite:///{folder / 'mlflow.db'}"
 
 
 def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
@@ -94,6 +113,7 @@ def test_log_to_mlflow_attaches_the_report(filled_store, tmp_path):
     exp = client.get_experiment_by_name("rep")
     (summary,) = client.search_runs([exp.experiment_id], filter_string="tags.kind = 'report'")
     names = {a.path for a in client.list_artifacts(summary.info.run_id, "report")}
+    assert summary.info.artifact_uri.startswith(path.parent.as_uri())  # into this test's copy only
     assert "report/index.html" in names and "report/runs.csv" in names
     # the summary run is not mistaken for a trial
     assert len(pd.read_csv(make_report(str(path), tmp_path / "again").out / "runs.csv")) == 10
@@ -108,13 +128,10 @@ def test_missing_metric_is_reported(filled_store, tmp_path, capsys):
     client.log_param(run.info.run_id, "dataset", "mnist")
     client.log_metric(run.info.run_id, "clean_acc", 0.5)
     client.set_terminated(run.info.run_id)
-    try:
-        assert main(["report", str(path), "--out", str(tmp_path / "m")]) == 0
-        err = capsys.readouterr().err
-        assert "missing metrics: handmade: run has no fgsm_acc_eps0.03" in err
-        assert "hessian_top_eig" in err
-    finally:
-        client.delete_run(run.info.run_id)
+    assert main(["report", str(path), "--out", str(tmp_path / "m")]) == 0
+    err = capsys.readouterr().err
+    assert "missing metrics: handmade: run has no fgsm_acc_eps0.03" in err
+    assert "hessian_top_eig" in err
 
 
 def test_empty_sweep_is_a_clear_error(tmp_path, capsys):

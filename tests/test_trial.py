@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from robustsweep import metrics as keys
 from robustsweep.cli import main
 from robustsweep.config import make_trial_config
-from robustsweep.data import DeviceBatches, Split, random_crop
+from robustsweep.data import DeviceBatches, Split
 from robustsweep.trial import lr_at_epoch, run_trial
 
 from .conftest import TINY_EVAL
@@ -46,21 +46,41 @@ def test_cli_trains_m1_on_real_mnist_and_logs_one_finished_run(mnist_root, mlflo
     assert "clean_acc" in out and "hessian_top_eig" in out  # the final table
 
 
-def test_saved_weights_reproduce_clean_accuracy(mnist_root, mlflow_uri, tmp_path):
+def test_saved_weights_reproduce_every_final_metric_and_ratios_are_attack_over_attacked_clean(
+        mnist_root, mlflow_uri, tmp_path):
     config = make_trial_config({"data_root": str(mnist_root), "mlflow_tracking_uri": mlflow_uri, "device": "cpu",
                                 "subset": 1000, "epochs": 1, "test_subset": 300, "attack_subset": 50,
-                                "hessian_samples": 50, "pgd_steps": 2, "hessian_iters": 5})
+                                "hessian_samples": 50, "pgd_steps": 3, "hessian_iters": 5,
+                                "eval_batch_size": 40})
     outcome = run_trial(config)
+    m = outcome.metrics
     client = MlflowClient(mlflow_uri)
+    logged = client.get_run(outcome.run_id).data.metrics
+    assert {k: logged[k] for k in m} == m  # MLflow holds what the trial measured
     path = client.download_artifacts(outcome.run_id, "model.pt", str(tmp_path))
-    from robustsweep.attacks import clean_accuracy
+    from robustsweep.attacks import attack_accuracy, clean_accuracy
     from robustsweep.data import load_split
+    from robustsweep.hessian import hessian_sample, top_eigenvalue_with_iterations
     from robustsweep.models import M1
 
     model = M1()
-    model.load_state_dict(torch.load(path))
-    test = load_split("mnist", mnist_root, train=False).head(300)
-    assert clean_accuracy(model, *test.floats()) == pytest.approx(outcome.metrics["clean_acc"])
+    model.load_state_dict(torch.load(path, weights_only=True))
+    test = load_split("mnist", mnist_root, train=False)
+    assert clean_accuracy(model, *test.head(300).floats()) == m["clean_acc"]
+    x, y = test.head(50).floats()
+    assert clean_accuracy(model, x, y) == m[keys.ATTACKED_CLEAN_ACC]
+    for eps in (0.03, 0.15):
+        fgsm = attack_accuracy(model, x, y, "fgsm", eps, batch_size=40, seed=0)
+        pgd = attack_accuracy(model, x, y, "pgd", eps, batch_size=40, seed=0, steps=3)
+        assert (m[keys.attack_key("fgsm", "acc", eps)], m[keys.attack_key("pgd", "acc", eps)]) == (fgsm, pgd)
+        # the ratio divides by clean accuracy on the attacked examples, not on the whole test set
+        assert m[keys.attack_key("fgsm", "ratio", eps)] == pytest.approx(fgsm / m[keys.ATTACKED_CLEAN_ACC])
+        assert m[keys.attack_key("pgd", "ratio", eps)] == pytest.approx(pgd / m[keys.ATTACKED_CLEAN_ACC])
+    assert m["clean_acc"] != m[keys.ATTACKED_CLEAN_ACC]  # so the check above tells the two apart
+    train = load_split("mnist", mnist_root, train=True).head(1000)
+    xh, yh = train.floats(hessian_sample(1000, 50, seed=0))
+    eig = top_eigenvalue_with_iterations(model, xh, yh, max_iter=5, tol=1e-3, seed=0)
+    assert (eig.eigenvalue, float(eig.iterations)) == (m[keys.HESSIAN_TOP_EIG], m[keys.HESSIAN_ITERS])
 
 
 def test_same_seed_and_device_give_the_same_numbers(mnist_root, mlflow_uri):
@@ -131,20 +151,88 @@ def test_step_schedule_and_ratio():
     assert lr_at_epoch(ratio, 5) == pytest.approx(0.08)
 
 
-def test_device_batches_shuffle_flip_and_crop_on_tensors():
-    images = torch.arange(4 * 3 * 8 * 8, dtype=torch.uint8).reshape(4, 3, 8, 8)
-    split = Split(images, torch.arange(4))
-    g = torch.Generator().manual_seed(0)
-    batches = list(DeviceBatches(split, 3, g))
-    assert [len(y) for _, y in batches] == [3, 1]
-    assert sorted(torch.cat([y for _, y in batches]).tolist()) == [0, 1, 2, 3]
-    x = torch.rand(6, 3, 8, 8)
-    cropped = random_crop(x, 2, torch.Generator().manual_seed(1))
-    assert cropped.shape == x.shape
-    # each crop is a shifted window of the zero-padded image
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    for i in range(6):
-        assert any(torch.equal(cropped[i], padded[i, :, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
-    flipper = DeviceBatches(Split(images, torch.arange(4)), 4, torch.Generator().manual_seed(0), flip=True)
-    flipped = flipper.augment(x)
-    assert all(torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(2)) for i in range(6))
+def _tiny_values(mnist_root, mlflow_uri, **settings):
+    return {"data_root": str(mnist_root), "mlflow_tracking_uri": mlflow_uri, "device": "cpu", "subset": 300,
+            "batch_size": 50, "test_subset": 100, "attack_subset": 20, "hessian_samples": 20, "pgd_steps": 1,
+            "hessian_iters": 2, "eps": [0.1], **settings}
+
+
+@pytest.mark.parametrize("variant", ["sgd", "adam"])
+def test_step_schedule_sets_the_optimizers_learning_rate_every_epoch(variant, mnist_root, mlflow_uri):
+    used = []
+
+    def on_epoch_end(epoch, metrics, state):
+        used.append((state()["variant"]["optimizer"]["param_groups"][0]["lr"], metrics["lr"]))
+
+    config = make_trial_config(_tiny_values(mnist_root, mlflow_uri, variant=variant, lr=0.08, schedule="step",
+                                            lr_step_every=1, lr_gamma=0.5, epochs=3))
+    run_trial(config, on_epoch_end=on_epoch_end)
+    # the rate the optimizer actually stepped with, and the one logged, halve every epoch
+    assert used == [(0.08, 0.08), (0.04, 0.04), (0.02, 0.02)]
+
+
+def _identified_images(n=1000, size=8, seed=0):
+    """Random, non-zero images: each one and each of its flips and padded crops can be told apart."""
+    g = torch.Generator().manual_seed(seed)
+    return Split(torch.randint(1, 256, (n, 1, size, size), generator=g, dtype=torch.uint8), torch.arange(n))
+
+
+def _flip_and_offset(out: torch.Tensor, original: torch.Tensor, padding: int) -> tuple[bool, int, int]:
+    for flipped in (False, True):
+        source = original.flip(2) if flipped else original
+        padded = torch.nn.functional.pad(source, (padding,) * 4)
+        h, w = original.shape[1:]
+        for dy in range(2 * padding + 1):
+            for dx in range(2 * padding + 1):
+                if torch.equal(padded[:, dy:dy + h, dx:dx + w], out):
+                    return flipped, dy, dx
+    raise AssertionError("the batch holds an image that is no flip or crop of its original")
+
+
+def test_device_batches_shuffle_and_every_example_is_seen_once():
+    split = _identified_images(10)
+    batches = list(DeviceBatches(split, 3, torch.Generator().manual_seed(0)))
+    assert [len(y) for _, y in batches] == [3, 3, 3, 1]
+    order = torch.cat([y for _, y in batches]).tolist()
+    assert sorted(order) == list(range(10)) and order != list(range(10))
+    for x, y in batches:  # without augmentation a batch is exactly its examples, in [0, 1]
+        assert torch.equal(x, split.floats(y)[0])
+
+
+def test_flips_are_half_the_examples_and_crops_cover_every_offset():
+    split = _identified_images(1000)
+    padding = 2
+    batches = DeviceBatches(split, 250, torch.Generator().manual_seed(0), flip=True, crop_padding=padding)
+    flips, offsets = [], []
+    for x, y in batches:
+        for out, index in zip(x, y):
+            flipped, dy, dx = _flip_and_offset(out, split.floats(index)[0], padding)
+            flips.append(flipped)
+            offsets.append((dy, dx))
+    # 1000 fair coin flips: sd 0.016, so 0.45..0.55 is over three sd either side
+    assert 0.45 <= sum(flips) / len(flips) <= 0.55
+    counts = torch.tensor([offsets.count((dy, dx)) for dy in range(5) for dx in range(5)], dtype=torch.float)
+    assert (counts > 0).all()  # all 25 offsets seen (each is expected 40 times)
+    assert counts.max() < 80  # and none dominates, as a centre-biased crop would
+
+
+def test_augmented_batches_repeat_for_a_seed_and_differ_across_seeds():
+    split = _identified_images(200)
+
+    def epoch(seed):
+        batches = DeviceBatches(split, 50, torch.Generator().manual_seed(seed), flip=True, crop_padding=2)
+        return [(x.clone(), y.clone()) for x, y in batches]
+
+    a, b, c = epoch(0), epoch(0), epoch(1)
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    assert not torch.equal(a[0][1], c[0][1])  # another order
+    same_order = {int(i): x for (xs, ys) in a for x, i in zip(xs, ys)}
+    other = {int(i): x for (xs, ys) in c for x, i in zip(xs, ys)}
+    differing = sum(not torch.equal(same_order[i], other[i]) for i in range(200))
+    assert differing > 150  # and other flips and crops of the same examples
+
+
+def test_trial_wires_the_flip_setting_into_training(mnist_root, mlflow_uri):
+    flipped = run_trial(make_trial_config(_tiny_values(mnist_root, mlflow_uri, epochs=1, augment_flip=True)))
+    plain = run_trial(make_trial_config(_tiny_values(mnist_root, mlflow_uri, epochs=1, augment_flip=False)))
+    assert flipped.history[0]["train_loss"] != plain.history[0]["train_loss"]

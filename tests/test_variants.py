@@ -210,10 +210,15 @@ def test_each_variant_trains_m1_through_robustsweep_run(variant, lr, mnist_root,
     # 3000 examples at batch 64 reach ~0.75 after one epoch; chance is 0.1. 0.5 is five times chance.
     assert run.data.metrics["clean_acc"] >= 0.5, run.data.metrics
     assert run.data.params["variant"] == variant
-    assert run.data.metrics["grad_evals"] > 0
+    # per-example gradient evaluations in each epoch on 3000 examples: one per example, SVRG three
+    # (a full snapshot pass plus two gradients per step), Selective Backprop one per back-propagated one
+    grad_evals = [m.value for m in client.get_metric_history(run.info.run_id, "grad_evals")]
     if variant == "sgdselective":
-        history = client.get_metric_history(run.info.run_id, "sb_backward")
-        assert [m.step for m in history] == [1, 2] and history[1].value < 3000
+        backward = [m.value for m in client.get_metric_history(run.info.run_id, "sb_backward")]
+        # epoch 1 selects all: 46 full batches of 64; the last 56 examples wait in the pool
+        assert grad_evals == backward and backward[0] == 46 * 64 and 0 < backward[1] < 3000
+    else:
+        assert grad_evals == [9000.0 if variant == "svrg" else 3000.0]
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -226,3 +231,154 @@ def test_each_variant_steps_vgg11_on_cifar_format_data(variant, cifar_root, mlfl
     outcome = run_trial(config)
     assert outcome.status == "finished"
     assert all(h["train_loss"] == h["train_loss"] for h in outcome.history)  # finite, not NaN
+
+
+# ---------------------------------------------------------------------------------------------
+# momentum and weight decay, by hand
+
+
+SGD_FAMILY = ("sgd", "svrg", "sgdnoise", "sgdselective")
+
+
+@pytest.mark.parametrize("name", SGD_FAMILY)
+def test_momentum_and_weight_decay_follow_two_hand_computed_steps(name):
+    # Two full-batch steps in the first epoch of least squares: every SGD-family variant's direction
+    # is then the plain gradient g (SVRG: g_B(w) - g_B(w~) + mu = g(w) with the snapshot at w0; noise 0;
+    # Selective Backprop back-propagates every example in its first epoch), so the steps must be
+    # heavy-ball SGD with L2 decay, written out by hand.
+    a, b, _ = _least_squares(n=16)
+    model = nn.Linear(5, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.linspace(-1, 1, 5, dtype=torch.float64)[None])
+    lr, momentum, wd = 0.05, 0.9, 0.1
+    extra = {"noise_std": 0.0} if name == "sgdnoise" else {}
+    variant = _variant(name, model, lr=lr, momentum=momentum, weight_decay=wd, batch_size=16, **extra)
+
+    def gradient(w):
+        w = w.clone().requires_grad_(True)
+        return torch.autograd.grad(_squared_error(a @ w[:, None], b).mean(), w)[0]
+
+    w0 = model.weight[0].detach().clone()
+    d0 = gradient(w0) + wd * w0
+    w1 = w0 - lr * d0                      # step 1: the momentum buffer starts as the first direction
+    buffer = momentum * d0 + gradient(w1) + wd * w1
+    w2 = w1 - lr * buffer                  # step 2: v <- momentum * v + g + wd * w
+    variant.start_epoch(0, _Batches(a, b, 16, seed=0))  # SVRG's snapshot at w0
+    for step, expected in enumerate((w1, w2)):
+        variant.train_step(a, b)
+        assert torch.allclose(model.weight[0].detach(), expected, rtol=0, atol=1e-12), (step, name)
+    # without momentum and decay the second step differs: the check above can tell them apart
+    assert not torch.allclose(w2, w1 - lr * gradient(w1), atol=1e-6)
+
+
+def test_adam_adds_l2_to_the_gradient_and_adamw_decays_the_weights_apart():
+    a, b, _ = _least_squares(n=16)
+    lr, wd, (beta1, beta2), eps = 0.01, 0.5, (0.9, 0.999), 1e-8
+    w0 = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    w = w0.clone().requires_grad_(True)
+    g = torch.autograd.grad(_squared_error(a @ w[:, None], b).mean(), w)[0]
+
+    def adam_first_step(grad):
+        # first step, bias-corrected: m_hat = grad, v_hat = grad^2
+        m_hat = (1 - beta1) * grad / (1 - beta1)
+        v_hat = (1 - beta2) * grad ** 2 / (1 - beta2)
+        return lr * m_hat / (v_hat.sqrt() + eps)
+
+    expected = {"adam": w0 - adam_first_step(g + wd * w0),          # L2: decay enters the moments
+                "adamw": w0 * (1 - lr * wd) - adam_first_step(g)}   # decoupled: decay bypasses them
+    got = {}
+    for name in ("adam", "adamw"):
+        model = nn.Linear(5, 1, bias=False).double()
+        with torch.no_grad():
+            model.weight.copy_(w0[None])
+        variant = _variant(name, model, lr=lr, weight_decay=wd, batch_size=16)
+        variant.train_step(a, b)
+        got[name] = model.weight[0].detach().clone()
+        assert torch.allclose(got[name], expected[name], rtol=0, atol=1e-12), name
+    assert (got["adam"] - got["adamw"]).abs().max() > 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# variant state: BatchNorm statistics, Selective Backprop's history, SVRG's snapshot cadence
+
+
+class _ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _image_batches(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _bn_state(model):
+    bn = model.net[1]
+    return bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked)
+
+
+def _after_one_training_forward(model, x):
+    """BatchNorm's running statistics after exactly one training-mode forward of x."""
+    import copy
+
+    reference = copy.deepcopy(model).train()
+    with torch.no_grad():
+        reference(x)
+    return _bn_state(reference)
+
+
+def _assert_bn_equal(a, b):
+    assert torch.allclose(a[0], b[0], atol=1e-7) and torch.allclose(a[1], b[1], atol=1e-7) and a[2] == b[2]
+
+
+@pytest.mark.parametrize("name", ["svrg", "sgdselective"])
+def test_auxiliary_passes_leave_batchnorm_running_statistics_alone(name):
+    torch.manual_seed(0)
+    model = _ConvBN().train()
+    x, y = _image_batches(32)
+    config = TrialConfig(variant=name, lr=0.05, batch_size=32).resolved()
+    variant = VARIANTS[name](model, config, Split(torch.zeros(1), torch.zeros(1)), torch.Generator().manual_seed(0))
+    before = _bn_state(model)
+    variant.start_epoch(0, [(x, y), (x.flip(3), y)])  # SVRG: a full snapshot pass over two batches
+    _assert_bn_equal(_bn_state(model), before)  # the snapshot ran on its own copy
+    expected = _after_one_training_forward(model, x)
+    variant.train_step(x, y)
+    # SVRG: only g_B(w) ran on the model; Selective Backprop: only the selection forward, not the
+    # forward of its backward pass.
+    _assert_bn_equal(_bn_state(model), expected)
+
+
+def test_selective_backprop_history_holds_exactly_the_last_r_losses():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    config = TrialConfig(variant="sgdselective", lr=0.05, batch_size=16, sb_history=40).resolved()
+    variant = VARIANTS["sgdselective"](model, config, Split(torch.zeros(1), torch.zeros(1)),
+                                       torch.Generator().manual_seed(0))
+    recorded = []
+    for epoch in range(2):
+        variant.start_epoch(epoch, None)
+        for i in range(5):
+            x, y = _image_batches(16, seed=10 * epoch + i)
+            with torch.no_grad():
+                recorded.append(nn.functional.cross_entropy(model(x), y, reduction="none"))
+            variant.train_step(x, y)
+            expected = torch.cat(recorded)[-40:]
+            assert torch.equal(variant.history, expected), (epoch, i)
+    assert len(variant.history) == 40
+
+
+def _tiny_trial(mnist_root, mlflow_uri, **settings):
+    values = {"data_root": str(mnist_root), "mlflow_tracking_uri": mlflow_uri, "device": "cpu", "subset": 300,
+              "batch_size": 50, "test_subset": 100, "attack_subset": 20, "hessian_samples": 20, "pgd_steps": 1,
+              "hessian_iters": 2, "eps": [0.1], **settings}
+    return run_trial(make_trial_config(values))
+
+
+def test_svrg_snapshot_every_two_epochs_snapshots_in_epochs_1_and_3_only(mnist_root, mlflow_uri):
+    outcome = _tiny_trial(mnist_root, mlflow_uri, variant="svrg", epochs=4, svrg_snapshot_every=2)
+    assert [h.get("snapshots", 0) for h in outcome.history] == [1, 0, 1, 0]
+    assert [h["grad_evals"] for h in outcome.history] == [300 + 600, 600, 300 + 600, 600]

@@ -191,9 +191,12 @@ def _init_ray(address: str | None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
+    # No address: RAY_ADDRESS when set, else a new local Ray of our own. Ray's own default (None)
+    # would attach to whatever `ray start` last ran on this machine.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     try:
         # The package must be importable on every node; a cluster's image installs it (docker/).
-        ray.init(address=address, include_dashboard=False if address is None else None,
+        ray.init(address=address, include_dashboard=False if address == "local" else None,
                  log_to_driver=True, configure_logging=True, logging_level="WARNING")
     except ConnectionError as exc:
         raise UserError(f"Cannot attach to the Ray cluster at {address!r}: {exc}. On the head node use "

@@ -10,11 +10,13 @@ trial in its own working directory.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import platform
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
@@ -47,13 +49,34 @@ def artifact_root_for(uri: str) -> str | None:
     return None
 
 
-def check_server(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast with a clear message when an HTTP tracking server does not answer."""
+def check_server(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast with a clear message when an HTTP tracking server does not answer or refuses us.
+
+    It calls a real API endpoint (search experiments), addressed exactly as the trials address it:
+    ``/health`` answers even where MLflow 3's Host-header check refuses every API call.
+    """
     if not uri.startswith(("http://", "https://")):
         return
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
+                                     data=json.dumps({"max_results": 1}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
             reply.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace")[:300]
+        host = urllib.parse.urlsplit(uri).netloc
+        if exc.code == 403 and "Host header" in body:
+            raise TrackingError(
+                f"The MLflow tracking server at {uri} refuses requests addressed to {host!r} (HTTP 403, "
+                f"{body.strip()}): MLflow 3 servers accept only the host names they are told. Start the "
+                f"server with --allowed-hosts listing {host.split(':')[0]!r} (cluster/gpu.yaml does), or "
+                "reach it as localhost through an SSH tunnel."
+            ) from None
+        raise TrackingError(
+            f"The MLflow tracking server at {uri} answers HTTP {exc.code} to an API call ({body.strip()}). "
+            "Check that the address is an MLflow tracking server and that it accepts this client."
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         raise TrackingError(
             f"The MLflow tracking server at {uri} does not answer ({getattr(exc, 'reason', exc)}). "
@@ -183,6 +206,12 @@ class TrialRun:
 
         items = [RunTag(k, str(v)[:_MAX_TAG]) for k, v in tags.items()]
         _retry_locked(self.client.log_batch)(self.run_id, tags=items)
+
+    def logged_steps(self, key: str) -> set[int]:
+        """Steps at which ``key`` is already logged in this run (empty for a new run)."""
+        if not self.resumed:
+            return set()
+        return {m.step for m in _retry_locked(self.client.get_metric_history)(self.run_id, key)}
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         _retry_locked(self.client.log_artifact)(self.run_id, str(path), artifact_path)

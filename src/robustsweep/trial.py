@@ -185,6 +185,7 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, resume_state:
         _set_rng_state(resume_state["rng"], device)
         history = list(resume_state["history"])
         start_epoch = int(resume_state["epoch"])
+        run.set_tags({"resumed_from_epoch": str(start_epoch)})
         log(f"resumed at epoch {start_epoch} into MLflow run {run.run_id}")
 
     def checkpoint_state(epoch: int) -> dict[str, Any]:
@@ -192,6 +193,9 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, resume_state:
                 "data_generator": data_generator.get_state(), "rng": _rng_state(device),
                 "history": list(history), "run_id": run.run_id}
 
+    # A reopened run may hold epochs past the checkpoint (logged just before the process died):
+    # they are trained again, identically, but logged once.
+    logged = run.logged_steps("train_loss")
     diverged_at = 0
     for epoch in range(start_epoch, config.epochs):
         if config.fail_at_epoch == epoch + 1 and resume_state is None:
@@ -215,7 +219,8 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, resume_state:
                    "test_acc": clean_accuracy(model, x_test, y_test, config.eval_batch_size),
                    "lr": lr, "epoch_seconds": seconds, **variant.end_epoch()}
         history.append({"epoch": epoch + 1, **metrics})
-        run.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch + 1)
+        if epoch + 1 not in logged:
+            run.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch + 1)
         log(f"epoch {epoch + 1}/{config.epochs}: loss {train_loss:.4f} train acc {train_acc:.4f} "
             f"test acc {metrics['test_acc']:.4f} lr {lr:.4g} ({seconds:.1f}s)")
         if not math.isfinite(train_loss):
@@ -235,7 +240,8 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, resume_state:
 
     final = evaluate(model, data, config, log)
     final["diverged"] = 0.0
-    run.log_metrics(final, step=config.epochs)
+    if config.epochs not in run.logged_steps(keys.CLEAN_ACC):
+        run.log_metrics(final, step=config.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(model.state_dict(), Path(tmp) / "model.pt")
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -54,16 +54,22 @@ def selection_probability(losses: torch.Tensor, history: torch.Tensor, beta: flo
 
 @contextlib.contextmanager
 def frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
-    """Keep BatchNorm in training mode (batch statistics) but stop it updating running statistics."""
+    """Keep BatchNorm in training mode (batch statistics) but stop it updating running statistics.
+
+    Momentum 0 keeps the running mean and variance; the batch counter is put back afterwards.
+    """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in norms]
     for m in norms:
         m.momentum = 0.0
     try:
         yield
     finally:
-        for m, momentum in zip(norms, saved):
+        for m, (momentum, tracked) in zip(norms, saved):
             m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 class SelectiveBackprop(Variant):

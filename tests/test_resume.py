@@ -1,0 +1,75 @@
+"""Resuming a trial from a checkpoint, outside Ray: the same run as one that was never interrupted."""
+
+import io
+
+import pytest
+import torch
+
+from robustsweep.config import make_trial_config
+from robustsweep.trial import run_trial
+from robustsweep.variants import VARIANTS
+
+
+def _through_a_checkpoint(state: dict) -> dict:
+    """What a trial reads back from a checkpoint file: a copy made by torch.save and torch.load."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_resume_from_epochs_1_and_2_equals_three_epochs_straight(variant, mnist_root, mlflow_uri):
+    # Momentum 0.9 (optimizer state), SVRG snapshots in epochs 1 and 3 only (so epoch 2 runs on the
+    # checkpointed mu), noise at batch 32 (noise_ref_batch 16), Selective Backprop selecting from
+    # epoch 2 on: every piece of state a checkpoint must carry is in use after one of the two resumes.
+    config = make_trial_config({
+        "variant": variant, "lr": 0.001 if variant.startswith("adam") else 0.02, "momentum": 0.9,
+        "data_root": str(mnist_root), "mlflow_tracking_uri": mlflow_uri, "device": "cpu", "subset": 400,
+        "batch_size": 32, "epochs": 3, "test_subset": 100, "attack_subset": 20, "hessian_samples": 20,
+        "pgd_steps": 2, "hessian_iters": 3, "eps": [0.1], "svrg_snapshot_every": 2,
+        **({"noise_ref_batch": 16} if variant == "sgdnoise" else {})})
+    states: dict[str, dict[int, dict]] = {}
+
+    def keep(which):
+        states[which] = {}
+
+        def on_epoch_end(epoch, metrics, state):
+            states[which][epoch] = _through_a_checkpoint(state())
+        return on_epoch_end
+
+    def without_timing(history):
+        return [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in history]
+
+    straight = run_trial(config, on_epoch_end=keep("straight"))
+    for start in (1, 2):
+        checkpoint = {**states["straight"][start], "run_id": None}  # a fresh MLflow run for the copy
+        resumed = run_trial(config, resume_state=checkpoint, on_epoch_end=keep(start))
+        assert sorted(states[start]) == list(range(start + 1, 4))
+        assert without_timing(resumed.history) == without_timing(straight.history), start
+        assert resumed.metrics == straight.metrics, start
+        for name, tensor in states["straight"][3]["model"].items():
+            assert torch.equal(tensor, states[start][3]["model"][name]), (start, name)
+
+
+def test_resume_from_an_older_checkpoint_logs_each_epoch_once(mnist_root, mlflow_uri):
+    # The first attempt logs epochs 1 and 2, then dies in epoch 3; its newest checkpoint that
+    # survived is epoch 1's (as when a process dies between logging an epoch and checkpointing it).
+    from mlflow.tracking import MlflowClient
+
+    from robustsweep.trial import InjectedFailure
+
+    config = make_trial_config({
+        "data_root": str(mnist_root), "mlflow_tracking_uri": mlflow_uri, "device": "cpu", "subset": 200,
+        "batch_size": 50, "epochs": 3, "test_subset": 100, "attack_subset": 20, "hessian_samples": 20,
+        "pgd_steps": 1, "hessian_iters": 2, "eps": [0.1], "fail_at_epoch": 3})
+    states = {}
+    with pytest.raises(InjectedFailure):
+        run_trial(config, on_epoch_end=lambda e, m, state: states.setdefault(e, _through_a_checkpoint(state())))
+    outcome = run_trial(config, resume_state=states[1])
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("robustsweep").experiment_id])
+    assert run.info.run_id == outcome.run_id and run.info.status == "FINISHED"
+    for key in ("train_loss", "test_acc", "lr"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "clean_acc")] == [3]
