@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray  # imported here, before any test captures stderr: Ray's log handler keeps the stream it found
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -196,4 +197,30 @@ def test_a_retried_fault_and_a_driver_killed_mid_trial_then_resume_leave_one_run
     (run,) = by_trial[interrupted]
     assert 1 <= int(run.data.tags.get("resumed_from_epoch", 0)) <= newest_checkpoint
     st = status("killed", str(tmp_path / "ray_results"))
-    assert st.counts == {"pending": 0, "running": 0, "finished": 3, "diverged": 0, "failed": 0}
+    assert st.counts == {"pending": 0, "running": 0, "interrupted": 0, "finished": 3, "collapsed": 0,
+                         "diverged": 0, "failed": 0}
+
+
+def test_unsatisfiable_resources_are_refused_and_a_user_error_fails_once(tmp_path, mnist_root, mlflow_uri, capsys):
+    try:
+        # Every trial asks for a quarter GPU; this local Ray has none: refused before anything is created.
+        greedy = _sweep(tmp_path, mnist_root, "greedy", mlflow_uri, "  - name: g\n    resources: {gpu: 0.25}\n")
+        assert main(["launch", str(greedy), "--verbose", "0"]) == 2
+        err = capsys.readouterr().err
+        assert "Each trial asks for CPU 1, GPU 0.25, but no node of this Ray cluster has that much" in err
+        assert "resources: {gpu: 0}" in err and "Traceback" not in err
+        assert not (tmp_path / "ray_results" / "greedy").exists()
+        assert MlflowClient(mlflow_uri).get_experiment_by_name("greedy") is None
+
+        # A trial whose settings cannot run here (CUDA on a CPU machine) fails once, not max_failures + 1
+        # times, and the launch summary says why.
+        cuda = _sweep(tmp_path, mnist_root, "cuda", mlflow_uri, "  - name: g\n    set: {device: cuda}\n",
+                      failures=2)
+        assert main(["launch", str(cuda), "--verbose", "0"]) == 1
+        out = capsys.readouterr().out
+        assert "sweep cuda: 1 failed" in out
+        assert "failed: Trial setting device='cuda' asks for CUDA, but no GPU is visible here" in out
+        (trial_dir,) = (tmp_path / "ray_results" / "cuda").glob("g-*")
+        assert not list(trial_dir.glob("error*")), "Ray saw an error, so it retried the trial"
+    finally:
+        ray.shutdown()

@@ -84,10 +84,17 @@ def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
         for key in ("clean_acc", "pgd_acc_eps0.15", "fgsm_ratio_eps0.03", "hessian_top_eig"):
             if key in metrics:
                 assert row[key] == pytest.approx(metrics[key], rel=1e-12)
-    # the diverged trial is listed with its reason, not silently dropped
-    problems = pd.read_csv(out / "problems.csv")
-    assert list(problems["kind"]) == ["diverged", "diverged"]  # both seeds of the exploding group
-    assert problems["reason"].str.contains("non-finite").all()
+    # diverged and collapsed trials are listed with their reasons, not silently dropped: Adam at
+    # lr 0.05 (fifty times its usual rate) ends every run at chance accuracy, SGD there does not
+    problems = pd.read_csv(out / "problems.csv").set_index("run_id")
+    adam = set(runs[runs.variant == "adam"]["run_id"])
+    exploding = set(runs[runs.group == "exploding"]["run_id"])
+    assert len(adam) == 4 and set(problems.index) == adam | exploding
+    assert (problems.loc[list(exploding), "kind"] == "diverged").all()
+    assert problems.loc[list(exploding), "reason"].str.contains("non-finite").all()
+    assert (problems.loc[list(adam), "kind"] == "collapsed").all()
+    assert problems.loc[list(adam), "reason"].str.contains("within 0.05 of chance").all()
+    assert (runs[runs.variant == "adam"]["clean_acc"] <= 0.15).all() and runs["collapsed"].sum() == 4
     # figures are valid images of nonzero size, and the page references every one
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) >= 10
@@ -102,8 +109,16 @@ def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
     sgd32 = [mlflow_runs[r].data.metrics["clean_acc"] for r in
              runs[(runs.variant == "sgd") & (runs.batch_size == 25) & (runs.group == "constant-lr")]["run_id"]]
     assert f"{np.mean(sgd32):.4f} ± {np.std(sgd32, ddof=1):.2g} (n=2)" in table
+    # collapsed runs are counted, but their ratios and eigenvalues are in no table and no correlation
+    adam_rows = [line for line in table.splitlines() if line.startswith("| adam |")]
+    assert len(adam_rows) == 2 and all(line.rstrip().endswith("| 2/2 |") for line in adam_rows)
+    header = next(line for line in table.splitlines() if "fgsm_ratio_eps0.03" in line).split("|")
+    for line in adam_rows:
+        cells = dict(zip(header, line.split("|")))
+        assert cells[" clean_acc "].strip() and not cells[" fgsm_ratio_eps0.03 "].strip()
+        assert not cells[" hessian_top_eig "].strip()
     corr = pd.read_csv(out / "correlation.csv")
-    assert set(corr["scope"]) == {"all", "mnist"} and (corr["n"] == 8).all()  # diverged runs excluded
+    assert set(corr["scope"]) == {"all", "mnist"} and (corr["n"] == 4).all()  # diverged, collapsed excluded
 
 
 def test_log_to_mlflow_attaches_the_report(filled_store, tmp_path):

@@ -11,11 +11,12 @@ from robustsweep.variants import VARIANTS
 
 
 def _through_a_checkpoint(state: dict) -> dict:
-    """What a trial reads back from a checkpoint file: a copy made by torch.save and torch.load."""
+    """What a trial reads back from a checkpoint file: a copy made by torch.save and torch.load, with
+    weights_only=True as the Ray trainable loads it (tensors and plain containers only)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
+    return torch.load(buffer, weights_only=True)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -118,10 +118,9 @@ def test_missing_dataset_offline_is_a_clear_error(tmp_path, mlflow_uri, capsys):
     assert code == 2
     assert f"The mnist dataset is not in {empty}/MNIST/raw" in err
     assert "ROBUSTSWEEP_DATA_ROOT" in err and "Traceback" not in err
-    # the run that had started is marked FAILED with the reason, not left RUNNING
-    _, runs = _runs(mlflow_uri)
-    assert [r.info.status for r in runs] == ["FAILED"]
-    assert "dataset is not in" in runs[0].data.tags["error"]
+    # the data is read before anything is logged: no experiment, no FAILED run to clean up
+    client, runs = _runs(mlflow_uri)
+    assert runs == [] and client.get_experiment_by_name("robustsweep") is None
 
 
 def test_cifar10_path_trains_vgg11_on_cifar_format_batches(cifar_root, mlflow_uri):
@@ -130,7 +129,9 @@ def test_cifar10_path_trains_vgg11_on_cifar_format_batches(cifar_root, mlflow_ur
         "mlflow_tracking_uri": mlflow_uri, "device": "cpu", "epochs": 1, "batch_size": 16, "lr": 0.01,
         "attack_subset": 8, "hessian_samples": 8, "pgd_steps": 2, "hessian_iters": 3, "eval_batch_size": 16})
     outcome = run_trial(config)
-    assert outcome.status == "finished"
+    # a few dozen synthetic images and 1-2 epochs leave VGG-11 near chance: "collapsed" is the right
+    # outcome then; either way every measurement ran
+    assert outcome.status in ("finished", "collapsed")
     assert set(keys.final_metric_keys([0.02])) <= set(outcome.metrics)
     assert all(math.isfinite(v) for v in outcome.metrics.values())
 

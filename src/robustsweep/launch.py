@@ -15,18 +15,24 @@ The expanded sweep is saved next to Ray's experiment state
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import UserError
-from .sweep import SweepSpec, Trial
-from .tracking import check_server, get_or_create_experiment, make_client
+from .preflight import check_data, check_resources, check_storage
+from .sweep import SAFE_NAME, SweepSpec, Trial
+from .tracking import check_server, filter_value, get_or_create_experiment, make_client
 
 SWEEP_FILE = "robustsweep-sweep.json"
+DRIVER_FILE = "robustsweep-driver.json"
 STATE_FILE = "trial_state.pt"
 DEFAULT_STORAGE = "ray_results"
 
@@ -40,8 +46,8 @@ def trial_runs(client, experiment_id: str, sweep: str) -> dict[str, list[Any]]:
     runs: dict[str, list[Any]] = {}
     token = None
     while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.sweep = '{sweep}'", max_results=1000,
-                                  order_by=["attributes.start_time DESC"], page_token=token)
+        page = client.search_runs([experiment_id], filter_string=f"tags.sweep = {filter_value(sweep)}",
+                                  max_results=1000, order_by=["attributes.start_time DESC"], page_token=token)
         for run in page:
             runs.setdefault(run.data.tags.get("trial_id", ""), []).append(run)
         token = page.token
@@ -56,7 +62,8 @@ def _existing_run(uri: str, experiment: str, sweep: str, trial_id: str):
     if exp is None:
         return None
     runs = client.search_runs([exp.experiment_id],
-                              filter_string=f"tags.sweep = '{sweep}' and tags.trial_id = '{trial_id}'",
+                              filter_string=(f"tags.sweep = {filter_value(sweep)} and "
+                                             f"tags.trial_id = {filter_value(trial_id)}"),
                               order_by=["attributes.start_time DESC"])
     finished = [r for r in runs if r.info.status == "FINISHED"]
     return (finished or runs or [None])[0]
@@ -71,6 +78,22 @@ def _report_finished(run) -> None:
 
     metrics = {k: v for k, v in run.data.metrics.items()}
     tune.report({**metrics, "outcome": run.data.tags.get("outcome", "finished"), "run_id": run.info.run_id})
+
+
+def read_checkpoint_state(folder: str | os.PathLike) -> dict[str, Any]:
+    """A trial's checkpointed state, read as tensors and plain containers only (``weights_only``):
+    whoever can write the storage cannot make a trial run code by planting a pickle there."""
+    import pickle
+
+    import torch
+
+    path = Path(folder) / STATE_FILE
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"The checkpoint {path} cannot be read as tensors and plain values "
+                        f"({str(exc).splitlines()[0]}). It was not written by robustsweep, or was tampered "
+                        "with: remove the trial's folder under storage_path to start it afresh.") from None
 
 
 def ray_trainable(params: dict[str, Any]) -> None:
@@ -95,7 +118,7 @@ def ray_trainable(params: dict[str, Any]) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            resume_state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+            resume_state = read_checkpoint_state(folder)
 
     def on_epoch_end(epoch: int, metrics, state: Callable[[], dict[str, Any]]) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -104,8 +127,14 @@ def ray_trainable(params: dict[str, Any]) -> None:
 
     tags = {"sweep": sweep, "trial_id": trial.trial_id, "group": trial.group, "mode": "ray",
             "ray_node_id": ray.get_runtime_context().get_node_id()}
-    outcome = run_trial(config, resume_state=resume_state, run_id=run_id, on_epoch_end=on_epoch_end, tags=tags,
-                        run_name=trial.trial_id)
+    try:
+        outcome = run_trial(config, resume_state=resume_state, run_id=run_id, on_epoch_end=on_epoch_end,
+                            tags=tags, run_name=trial.trial_id)
+    except UserError as exc:
+        # A problem with the input (missing data, bad setting, out of memory) fails the same way on every
+        # retry: end the trial once, as failed, with the message for the launch summary.
+        tune.report({"outcome": "failed", "error": str(exc)})
+        return
     tune.report({**outcome.metrics, "epoch": outcome.epochs_run, "outcome": outcome.status,
                  "run_id": outcome.run_id})
 
@@ -136,11 +165,70 @@ def _storage_file(storage_path: str, *parts: str):
 
 
 def _save_spec(spec: SweepSpec) -> None:
-    """Write the expanded sweep next to Ray's experiment state (local folder or cloud storage)."""
+    """Write the expanded sweep next to Ray's experiment state (local folder or cloud storage).
+
+    Written to a temporary name, then renamed: an interrupted launch leaves the old file or none,
+    never a truncated one.
+    """
+    text = json.dumps(spec_to_json(spec), indent=1).encode()
     filesystem, path = _storage_file(spec.storage_path, spec.name, SWEEP_FILE)
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    partial = f"{path}.{os.getpid()}.partial"
+    with filesystem.open_output_stream(partial) as out:
+        out.write(text)
+    filesystem.move(partial, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# which process drives a sweep (so that `status` can tell running from interrupted)
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell it from a later one with its pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, ticks: str | None) -> bool:
+    if ticks is not None and Path("/proc").is_dir():
+        return _start_ticks(pid) == ticks
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def driver_record(storage_path: str, name: str) -> Iterator[None]:
+    """Record this process as the sweep's driver while the block runs; a clean exit removes the record."""
+    filesystem, path = _storage_file(storage_path, name, DRIVER_FILE)
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "start_ticks": _start_ticks(os.getpid()),
+              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     with filesystem.open_output_stream(path) as out:
-        out.write(json.dumps(spec_to_json(spec), indent=1).encode())
+        out.write(json.dumps(record).encode())
+    try:
+        yield
+    finally:
+        try:
+            filesystem.delete_file(path)
+        except OSError:
+            pass
+
+
+def driver_state(storage_path: str, name: str) -> str:
+    """'live' (the driver runs on this host), 'gone' (no driver), or 'elsewhere (host H, pid P)'."""
+    filesystem, path = _storage_file(storage_path, name, DRIVER_FILE)
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            record = json.loads(stream.read())
+    except (OSError, ValueError):
+        return "gone"
+    if record.get("host") != socket.gethostname():
+        return f"elsewhere (host {record.get('host')}, pid {record.get('pid')})"
+    return "live" if _alive(int(record["pid"]), record.get("start_ticks")) else "gone"
 
 
 def spec_to_json(spec: SweepSpec) -> dict[str, Any]:
@@ -167,21 +255,34 @@ class SavedSweep:
 
 
 def load_saved_sweep(name: str, storage_path: str | None = None) -> SavedSweep:
+    if not SAFE_NAME.fullmatch(name):
+        raise UserError(f"{name!r} is not a sweep name: sweep names are letters, digits, '.', '_' and '-', "
+                        "starting with a letter or digit (the `name:` key of the sweep file).")
     storage = storage_path or DEFAULT_STORAGE
     if "://" not in storage:
         storage = str(Path(storage).resolve())
     try:
         filesystem, path = _storage_file(storage, name, SWEEP_FILE)
         with filesystem.open_input_stream(path) as stream:
-            data = json.loads(stream.read())
+            raw = stream.read()
     except (FileNotFoundError, OSError) as exc:
         raise UserError(
             f"No sweep named {name!r} under {storage} ({name}/{SWEEP_FILE} cannot be read: "
             f"{str(exc).splitlines()[0]}). Give the storage path the sweep was launched with (--storage-path), "
             f"or launch it first with `robustsweep launch SWEEP.yaml`."
         ) from None
-    return SavedSweep(data["name"], data["storage_path"], data["tracking_uri"], data["experiment"],
-                      data["max_concurrent"], data["max_failures"], [Trial.from_json(t) for t in data["trials"]])
+    try:
+        data = json.loads(raw)
+        return SavedSweep(data["name"], data["storage_path"], data["tracking_uri"], data["experiment"],
+                          data["max_concurrent"], data["max_failures"],
+                          [Trial.from_json(t) for t in data["trials"]])
+    except (ValueError, KeyError, TypeError, UserError) as exc:
+        raise UserError(
+            f"The saved sweep {storage}/{name}/{SWEEP_FILE} is unreadable ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'incomplete'}; {len(raw)} bytes). `launch` writes it; "
+            f"launch the sweep file again with the same name and storage: trials already FINISHED in MLflow are "
+            f"not trained twice."
+        ) from None
 
 
 def _init_ray(address: str | None) -> None:
@@ -275,44 +376,79 @@ def _collect(grid, trials: list[Trial], name: str, experiment_dir: str) -> Sweep
         trial_id = (result.config or {}).get("trial", {}).get("trial_id", "?")
         metrics = result.metrics or {}
         outcome = (metrics.get("outcome") or "unfinished") if result.error is None else "failed"
-        error = str(result.error).splitlines()[0] if result.error else ""
+        error = _error_line(result.error) if result.error else metrics.get("error", "")
         rows.append(_row(trial_id, by_id.get(trial_id), outcome, metrics.get("run_id", ""), metrics, error))
     return SweepResult(name, rows, experiment_dir)
 
 
-def launch(spec: SweepSpec, *, address: str | None = None, verbose: int = 1) -> SweepResult:
-    """Run every trial of ``spec`` on Ray Tune; returns one row per trial."""
+def _local(address: str | None) -> bool:
+    """Whether trials run on this machine: a local Ray of our own (see _init_ray)."""
+    return (address or os.environ.get("RAY_ADDRESS") or "local") == "local"
+
+
+def _launched_by_ray_up() -> bool:
+    """A head node of a `ray up` cluster, whose autoscaler may add nodes (the launcher writes this file)."""
+    return Path("~/ray_bootstrap_config.yaml").expanduser().is_file()
+
+
+def _check_cluster_resources(trials: list[Trial], address: str | None, log: Callable[[str], None]) -> None:
+    demands = [t.resources.as_dict() for t in trials]
+    for warning in check_resources(demands, autoscaling=not _local(address) and _launched_by_ray_up()):
+        log(f"robustsweep: warning: {warning}")
+
+
+def _error_line(error: BaseException) -> str:
+    """The line of a Ray task error that names the exception (its first line names only the Ray task)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Failure|Interrupt)\b:?", line)]
+    return (named or lines or [type(error).__name__])[-1]
+
+
+def launch(spec: SweepSpec, *, address: str | None = None, verbose: int = 1,
+           log: Callable[[str], None] = print) -> SweepResult:
+    """Run every trial of ``spec`` on Ray Tune; returns one row per trial.
+
+    Nothing is created (MLflow experiment, storage folder) until the preflight checks pass.
+    """
+    check_storage(spec.storage_path)
+    check_server(spec.tracking_uri)
+    check_data([t.config for t in spec.trials], local=_local(address))
     from ray import tune
 
-    _prepare_tracking(spec)
-    _save_spec(spec)
     _init_ray(address)
     trials = list(spec.trials)
+    _check_cluster_resources(trials, address, log)
+    _prepare_tracking(spec)
+    _save_spec(spec)
     tuner = tune.Tuner(
         _trainable_with_resources(),
         param_space={"trial": tune.grid_search([t.to_json() for t in trials]), "sweep": spec.name},
         tune_config=_tune_config(spec.max_concurrent),
         run_config=_run_config(spec.name, spec.storage_path, spec.max_failures, verbose),
     )
-    grid = tuner.fit()
+    with driver_record(spec.storage_path, spec.name):
+        grid = tuner.fit()
     return _collect(grid, trials, spec.name, spec.experiment_dir)
 
 
 def resume(name: str, *, storage_path: str | None = None, address: str | None = None,
-           verbose: int = 1) -> SweepResult:
+           verbose: int = 1, log: Callable[[str], None] = print) -> SweepResult:
     """Restore an interrupted sweep: finished trials stay finished, the rest continue from checkpoints."""
-    from ray import tune
-
     saved = load_saved_sweep(name, storage_path)
     check_server(saved.tracking_uri)
+    check_data([t.config for t in saved.trials], local=_local(address))
+    from ray import tune
+
     _init_ray(address)
+    _check_cluster_resources(saved.trials, address, log)
     if not tune.Tuner.can_restore(saved.experiment_dir):
         raise UserError(f"Ray has no restorable experiment state in {saved.experiment_dir} (the driver may have "
                         "died before Ray wrote it). Launch the sweep again: trials already FINISHED in MLflow "
                         "are not trained twice.")
     tuner = tune.Tuner.restore(saved.experiment_dir, trainable=_trainable_with_resources(),
                                resume_unfinished=True, resume_errored=True)
-    grid = tuner.fit()
+    with driver_record(saved.storage_path, name):
+        grid = tuner.fit()
     return _collect(grid, saved.trials, name, saved.experiment_dir)
 
 
@@ -320,6 +456,8 @@ def run_debug(spec: SweepSpec, log: Callable[[str], None] = print) -> SweepResul
     """The same trials, in-process one by one, without Ray (local debug mode)."""
     from .trial import run_trial
 
+    check_server(spec.tracking_uri)
+    check_data([t.config for t in spec.trials], local=True)
     _prepare_tracking(spec)
     rows = []
     for i, trial in enumerate(spec.trials, 1):
@@ -357,29 +495,34 @@ class SweepStatus:
     experiment: str
     experiment_dir: str
     failures: list[tuple[str, str]]
+    driver: str = "gone"
+
+
+#: Trial states that `status` counts, in the order it prints them.
+STATUS_KEYS = ("pending", "running", "interrupted", "finished", "collapsed", "diverged", "failed")
 
 
 def status(name: str, storage_path: str | None = None) -> SweepStatus:
-    """Counts of pending / running / finished / failed / diverged trials, from MLflow."""
+    """Counts of trials per state, from MLflow; a RUNNING run with no live driver counts as interrupted."""
     saved = load_saved_sweep(name, storage_path)
     client = make_client(saved.tracking_uri)
     exp = client.get_experiment_by_name(saved.experiment)
     runs = trial_runs(client, exp.experiment_id, name) if exp else {}
-    counts = {k: 0 for k in ("pending", "running", "finished", "diverged", "failed")}
+    driver = driver_state(saved.storage_path, name)
+    counts = {k: 0 for k in STATUS_KEYS}
     failures = []
     for trial in saved.trials:
         mine = runs.get(trial.trial_id, [])
         finished = [r for r in mine if r.info.status == "FINISHED"]
         if finished:
-            counts["diverged" if finished[0].data.tags.get("outcome") == "diverged" else "finished"] += 1
+            outcome = finished[0].data.tags.get("outcome", "finished")
+            counts[outcome if outcome in ("collapsed", "diverged") else "finished"] += 1
         elif not mine:
             counts["pending"] += 1
         elif mine[0].info.status == "RUNNING":
-            counts["running"] += 1
+            counts["interrupted" if driver == "gone" else "running"] += 1
         else:
             counts["failed"] += 1
             failures.append((trial.trial_id, mine[0].data.tags.get("error", mine[0].info.status)))
     return SweepStatus(name, counts, len(saved.trials), saved.tracking_uri, saved.experiment,
-                       saved.experiment_dir, failures)
-
-
+                       saved.experiment_dir, failures, driver)

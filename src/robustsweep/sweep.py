@@ -36,12 +36,15 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from .config import FIELDS, TrialConfig, default_data_root, coerce, make_trial_config, read_yaml_mapping
 from .errors import ConfigError
+from .preflight import MAX_TRIALS, check_trial_count
 from .tracking import normalize_tracking_uri
 
 _TOP_KEYS = {"name", "description", "storage_path", "mlflow", "resources", "max_concurrent", "max_failures",
@@ -50,6 +53,8 @@ _GROUP_KEYS = {"name", "description", "set", "grid", "points", "resources"}
 #: Settings that say where things are, not what is trained: left out of trial ids.
 _LOCATION_KEYS = {"data_root", "download", "verify_checksums", "device", "mlflow_tracking_uri", "mlflow_experiment"}
 _RESOURCE_KEYS = {"cpu", "gpu"}
+#: Sweep and group names: one path component (no '/', no '..'), safe in MLflow filter strings.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MLFLOW_KEYS = {"tracking_uri", "experiment"}
 
 
@@ -147,6 +152,13 @@ class _Where:
                              f"unknown key {unknown[0]!r}; allowed keys are {', '.join(sorted(allowed))}.")
         return value
 
+    def safe_name(self, value: Any, path: str, what: str) -> str:
+        """A name that is one safe path component and needs no quoting in an MLflow filter."""
+        if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+            raise self.error(path, f"expected a {what} name of letters, digits, '.', '_' and '-' that starts "
+                                   f"with a letter or digit (it names folders and MLflow tags), got {value!r}.")
+        return value
+
     def integer(self, value: Any, path: str, minimum: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self.error(path, f"expected an integer >= {minimum}, got {value!r}.")
@@ -193,8 +205,11 @@ def _trial_id(group: str, settings: Mapping[str, Any]) -> str:
     return f"{group}-{digest}"
 
 
-def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> SweepSpec:
-    """Read, validate and expand a sweep file. Relative paths are taken from ``base_dir`` (default: cwd)."""
+def load_sweep(path: str | Path, base_dir: str | Path | None = None, max_trials: int = MAX_TRIALS) -> SweepSpec:
+    """Read, validate and expand a sweep file. Relative paths are taken from ``base_dir`` (default: cwd).
+
+    A sweep of more than ``max_trials`` trials is refused before its grid is expanded.
+    """
     source = str(path)
     where = _Where(source)
     try:
@@ -203,9 +218,7 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> SweepSpe
         raise ConfigError(str(exc).replace("Config file", "Sweep file")) from None
     base_dir = Path(base_dir or Path.cwd())
     data = where.mapping(raw, "", _TOP_KEYS)
-    name = data.get("name")
-    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\ "):
-        raise where.error("name", f"expected a sweep name without spaces or slashes, got {name!r}.")
+    name = where.safe_name(data.get("name"), "name", "sweep")
     storage = data.get("storage_path", "ray_results")
     if not isinstance(storage, str) or not storage:
         raise where.error("storage_path", f"expected a folder or s3://, gs:// URI, got {storage!r}.")
@@ -239,9 +252,7 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> SweepSpe
     for gi, g in enumerate(groups_raw):
         gpath = f"groups[{gi}]"
         g = where.mapping(g, gpath, _GROUP_KEYS)
-        gname = g.get("name")
-        if not isinstance(gname, str) or not gname.strip() or any(c in gname for c in "/\\ "):
-            raise where.error(f"{gpath}.name", f"expected a group name without spaces or slashes, got {gname!r}.")
+        gname = where.safe_name(g.get("name"), f"{gpath}.name", "group")
         if gname in {x.name for x in groups}:
             raise where.error(f"{gpath}.name", f"group name {gname!r} is used twice.")
         settings = where.settings(g.get("set"), f"{gpath}.set")
@@ -274,7 +285,16 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None) -> SweepSpe
     spec = SweepSpec(name=name, source=source, storage_path=storage, tracking_uri=uri, experiment=experiment,
                      resources=resources, max_concurrent=max_concurrent, max_failures=max_failures,
                      seeds=tuple(seeds), base=base, groups=tuple(groups), description=data.get("description", ""))
+    try:
+        check_trial_count(count_trials(spec), max_trials)
+    except ConfigError as exc:
+        raise where.error("groups", str(exc)) from None
     return dataclasses.replace(spec, trials=tuple(_expand(spec, where, base_dir)))
+
+
+def count_trials(spec: SweepSpec) -> int:
+    """The number of trials the sweep expands to, computed without expanding it."""
+    return sum(len(g.points) * math.prod(len(v) for v in g.grid.values()) for g in spec.groups) * len(spec.seeds)
 
 
 def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:

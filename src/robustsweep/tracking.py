@@ -42,6 +42,20 @@ def normalize_tracking_uri(uri: str, base: str | os.PathLike | None = None) -> s
     return uri
 
 
+def filter_value(value: str) -> str:
+    """``value`` as a quoted string literal for an MLflow search filter.
+
+    MLflow's filter grammar has no escape character: a value is quoted with whichever quote it does
+    not contain; one holding both kinds cannot be searched for, and is refused.
+    """
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise TrackingError(f"The value {value!r} holds both kinds of quote, so no MLflow search filter can name it. "
+                        "Rename it without quotes.")
+
+
 def artifact_root_for(uri: str) -> str | None:
     """Artifact location next to a SQLite store (None = let the server or store decide)."""
     if uri.startswith("sqlite:///"):

@@ -35,7 +35,7 @@ class InjectedFailure(RuntimeError):
 
 @dataclass
 class TrialOutcome:
-    """What a trial ended with: 'finished' or 'diverged', its final metrics and per-epoch history."""
+    """What a trial ended with: 'finished', 'collapsed' or 'diverged', its final metrics and per-epoch history."""
 
     status: str
     run_id: str
@@ -46,6 +46,19 @@ class TrialOutcome:
 
 #: Called after every epoch with (epoch, that epoch's metrics, a function returning the checkpoint state).
 EpochCallback = Callable[[int, Mapping[str, float], Callable[[], dict[str, Any]]], None]
+
+
+#: Both datasets have 10 balanced classes; a constant prediction scores about 0.1 (MNIST's most
+#: frequent test class, the digit 1, is 11.35% of its test set).
+CHANCE_ACCURACY = 0.1
+#: A trained network whose clean accuracy is no more than this above chance has collapsed (it
+#: predicts nearly one class): attacks cannot lower it, so its attack ratio is ~1 and its Hessian
+#: ~0, which would read as the most robust, flattest trial. Such trials get outcome=collapsed.
+COLLAPSE_MARGIN = 0.05
+
+
+def is_collapsed(clean_accuracy: float) -> bool:
+    return clean_accuracy <= CHANCE_ACCURACY + COLLAPSE_MARGIN
 
 
 def resolve_device(name: str) -> torch.device:
@@ -147,29 +160,38 @@ def run_trial(config: TrialConfig, *, resume_state: dict[str, Any] | None = None
     config = config.resolved()
     uri = normalize_tracking_uri(config.mlflow_tracking_uri)
     device = resolve_device(config.device)
+    try:
+        # The data first: a missing dataset is an error before any MLflow run exists.
+        data = DeviceData.load(config.dataset, config.data_root, device, download=config.download,
+                               verify_checksums=config.verify_checksums, train_subset=config.subset,
+                               test_subset=config.test_subset)
+    except torch.OutOfMemoryError as exc:
+        raise _out_of_memory(exc, device, config) from None
     run = TrialRun(uri, config.mlflow_experiment, run_id=(resume_state or {}).get("run_id", run_id),
                    run_name=run_name, tags={"git_commit": git_commit(), "torch_version": torch.__version__,
                                             "device_name": device_name(device), **(tags or {})})
     try:
-        return _run(config, run, device, resume_state, on_epoch_end, progress, log)
+        return _run(config, run, device, data, resume_state, on_epoch_end, progress, log)
     except torch.OutOfMemoryError as exc:
         run.fail(exc)
-        raise UserError(
-            f"The trial ran out of memory on {device} ({str(exc).splitlines()[0]}). Lower batch_size, "
-            f"eval_batch_size ({config.eval_batch_size}) or hessian_samples ({config.hessian_samples}), or give "
-            "the trial a larger share of the GPU in the sweep's resources."
-        ) from None
+        raise _out_of_memory(exc, device, config) from None
     except BaseException as exc:  # KeyboardInterrupt too: the run must not stay RUNNING
         run.fail(exc)
         raise
 
 
-def _run(config: TrialConfig, run: TrialRun, device: torch.device, resume_state: dict[str, Any] | None,
-         on_epoch_end: EpochCallback | None, progress: bool, log: Callable[[str], None]) -> TrialOutcome:
+def _out_of_memory(exc: BaseException, device: torch.device, config: TrialConfig) -> UserError:
+    return UserError(
+        f"The trial ran out of memory on {device} ({str(exc).splitlines()[0]}). Lower batch_size, "
+        f"eval_batch_size ({config.eval_batch_size}) or hessian_samples ({config.hessian_samples}), or give "
+        "the trial a larger share of the GPU in the sweep's resources."
+    )
+
+
+def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceData,
+         resume_state: dict[str, Any] | None, on_epoch_end: EpochCallback | None, progress: bool,
+         log: Callable[[str], None]) -> TrialOutcome:
     run.log_params(config.to_dict())  # idempotent: a reopened run gets the same values again
-    data = DeviceData.load(config.dataset, config.data_root, device, download=config.download,
-                           verify_checksums=config.verify_checksums, train_subset=config.subset,
-                           test_subset=config.test_subset)
     torch.manual_seed(config.seed)
     model = build_model(config.model).to(device)
     data_generator = torch.Generator().manual_seed(config.seed)
@@ -240,6 +262,8 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, resume_state:
 
     final = evaluate(model, data, config, log)
     final["diverged"] = 0.0
+    collapsed = is_collapsed(final[keys.CLEAN_ACC])
+    final["collapsed"] = float(collapsed)
     if config.epochs not in run.logged_steps(keys.CLEAN_ACC):
         run.log_metrics(final, step=config.epochs)
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,6 +271,12 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, resume_state:
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         run.log_artifact(Path(tmp) / "model.pt")
         run.log_artifact(Path(tmp) / "config.yaml")
-    run.set_tags({"outcome": "finished"})
+    outcome = "collapsed" if collapsed else "finished"
+    tags = {"outcome": outcome}
+    if collapsed:
+        tags["collapsed_reason"] = (f"clean accuracy {final[keys.CLEAN_ACC]:.4f} is within {COLLAPSE_MARGIN} of "
+                                    f"chance ({CHANCE_ACCURACY}): its attack ratios and curvature mean nothing")
+        log(f"collapsed: {tags['collapsed_reason']}")
+    run.set_tags(tags)
     run.finish("FINISHED")
-    return TrialOutcome("finished", run.run_id, final, history, config.epochs)
+    return TrialOutcome(outcome, run.run_id, final, history, config.epochs)

@@ -7,7 +7,7 @@
 * ``correlation.csv`` — Spearman rho, p-value and n between the top eigenvalue and each attack ratio;
 * ``*.png`` — each measurement against batch size, learning curves, the correlation scatter;
 * ``index.html`` — all of the above on one page that works offline;
-* ``problems.csv`` — failed, diverged and unfinished trials and runs missing metrics, with the reason.
+* ``problems.csv`` — failed, diverged, collapsed and unfinished trials and runs missing metrics, with the reason.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..metrics import measurement_keys
-from .collect import SweepRuns, collect
+from .collect import SweepRuns, collect, for_analysis
 from .correlation import correlation_table
 from .figures import batch_size_figure, correlation_figure, learning_curves_figure, metric_label
 from .tables import ROW_KEYS, aggregate, display_table, to_html, to_markdown
@@ -48,9 +48,9 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
     runs = collect(sweep, tracking_uri=tracking_uri, storage_path=storage_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    df = runs.table
+    runs.table.to_csv(out / "runs.csv", index=False)
+    df = for_analysis(runs.table)  # collapsed runs' ratios and eigenvalues stay out of every statistic
     report = Report(out, runs)
-    df.to_csv(out / "runs.csv", index=False)
     problems = pd.DataFrame(runs.problems, columns=["trial_id", "kind", "reason", "run_id"])
     problems.to_csv(out / "problems.csv", index=False)
 
@@ -93,7 +93,7 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
         if col in corr_display:
             corr_display[col] = corr_display[col].map(lambda v: f"{v:.3g}")
     markdown += ["## Curvature and robustness (Spearman)", "", to_markdown(corr_display), ""]
-    markdown += ["## Failed, diverged and unfinished trials", "",
+    markdown += ["## Failed, diverged, collapsed and unfinished trials", "",
                  to_markdown(problems) if not problems.empty else "None.", ""]
     (out / "tables.md").write_text("\n".join(markdown))
 
@@ -121,10 +121,12 @@ figcaption {{ color: #555; font-size: 0.9em; }}
 <p>{n} finished runs from MLflow <code>{uri}</code>, experiment <code>{experiment}</code>.
 Cells are mean ± sample standard deviation over seeds (n = number of runs); attack ratio = attack accuracy /
 clean accuracy on the attacked examples.</p>
-<h2>Failed, diverged and unfinished trials</h2>{problems}
+<h2>Failed, diverged, collapsed and unfinished trials</h2>
+<p>A collapsed trial finished with clean accuracy within 0.05 of chance: attacks cannot lower it, so its
+attack ratios and top eigenvalue are left out of the tables, figures and correlations.</p>{problems}
 {sections}
 <h2>Curvature and robustness</h2>
 <p>Spearman rank correlation between the top Hessian eigenvalue and each attack ratio, over all finished
-trials and per dataset (diverged trials excluded).</p>{correlation}
+trials and per dataset (diverged and collapsed trials excluded).</p>{correlation}
 </body></html>
 """

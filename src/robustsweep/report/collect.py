@@ -11,7 +11,7 @@ import pandas as pd
 from ..config import yaml_load
 from ..errors import UserError
 from ..launch import load_saved_sweep, trial_runs
-from ..metrics import ATTACKED_CLEAN_ACC, measurement_keys
+from ..metrics import ATTACKED_CLEAN_ACC, HESSIAN_TOP_EIG, measurement_keys
 from ..sweep import Trial, load_sweep
 from ..tracking import make_client
 
@@ -30,8 +30,8 @@ class SweepRuns:
     tracking_uri: str
     experiment: str
     eps: dict[str, list[float]]                # dataset -> attack radii
-    table: pd.DataFrame                        # one row per finished (or diverged) run
-    problems: list[dict[str, str]] = field(default_factory=list)   # failed / diverged / unfinished / missing
+    table: pd.DataFrame                        # one row per finished (or diverged, collapsed) run
+    problems: list[dict[str, str]] = field(default_factory=list)   # failed/diverged/collapsed/unfinished/missing
     curves: dict[str, pd.DataFrame] = field(default_factory=dict)  # run_id -> per-epoch metrics
 
 
@@ -93,9 +93,13 @@ def collect(sweep: str, *, tracking_uri: str | None = None, storage_path: str | 
         wanted = measurement_keys(sorted(eps_sets[row["dataset"]]))
         row.update({k: metrics.get(k) for k in wanted + [ATTACKED_CLEAN_ACC]})
         row["diverged"] = row["outcome"] == "diverged"
+        row["collapsed"] = row["outcome"] == "collapsed"
         if row["diverged"]:
             problems.append({"trial_id": trial_id, "kind": "diverged", "run_id": run.info.run_id,
                              "reason": tags.get("diverged_reason", "training loss became non-finite")})
+        elif row["collapsed"]:
+            problems.append({"trial_id": trial_id, "kind": "collapsed", "run_id": run.info.run_id,
+                             "reason": tags.get("collapsed_reason", "clean accuracy near chance")})
         else:
             missing = [k for k in wanted if k not in metrics]
             if missing:
@@ -106,6 +110,16 @@ def collect(sweep: str, *, tracking_uri: str | None = None, storage_path: str | 
             histories[run.info.run_id] = _history(client, run.info.run_id)
     eps = {dataset: sorted(values) for dataset, values in eps_sets.items()}
     return SweepRuns(name, uri, experiment, eps, pd.DataFrame(rows), problems, histories)
+
+
+def for_analysis(table: pd.DataFrame) -> pd.DataFrame:
+    """The runs table with the measurements of collapsed runs that mean nothing (attack ratios, top
+    eigenvalue) blanked, so tables, figures and correlations leave them out; runs.csv keeps them."""
+    out = table.copy()
+    if "collapsed" in out and out["collapsed"].any():
+        unreliable = [c for c in out.columns if "_ratio_eps" in c or c == HESSIAN_TOP_EIG]
+        out.loc[out["collapsed"], unreliable] = float("nan")
+    return out
 
 
 def _history(client, run_id: str) -> pd.DataFrame:

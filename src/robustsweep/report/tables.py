@@ -15,7 +15,7 @@ def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFra
     """Mean, sample standard deviation (ddof=1; NaN for one seed) and count of each metric per configuration.
 
     Returns one row per configuration with columns ``<metric>`` (mean), ``<metric>_std``,
-    ``<metric>_n``, plus ``diverged`` (runs that diverged) and ``runs``.
+    ``<metric>_n``, plus ``diverged`` and ``collapsed`` (runs that did) and ``runs``.
     """
     keyed = df.copy()
     for key in by:  # groupby drops NaN keys unless told otherwise; keep None as a real value
@@ -26,6 +26,7 @@ def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFra
     count = grouped[metrics].count().add_suffix("_n")
     out = pd.concat([out, std, count], axis=1)
     out["diverged"] = grouped["diverged"].sum().astype(int)
+    out["collapsed"] = grouped["collapsed"].sum().astype(int) if "collapsed" in keyed else 0
     out["runs"] = grouped.size()
     return out.reset_index()
 
@@ -47,7 +48,8 @@ def display_table(agg: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.Da
         row = {k: r[k] for k in varying}
         for m in metrics:
             row[m] = fmt_value(r[m], r[f"{m}_std"], int(r[f"{m}_n"]))
-        row["diverged"] = f"{int(r['diverged'])}/{int(r['runs'])}" if r["diverged"] else ""
+        for outcome in ("diverged", "collapsed"):
+            row[outcome] = f"{int(r[outcome])}/{int(r['runs'])}" if r[outcome] else ""
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -1,0 +1,258 @@
+"""Bad input and broken state: exit code 2, one paragraph naming the problem and the fix, no traceback,
+and nothing created (no MLflow experiment, no storage folder, no FAILED run) before the checks pass."""
+
+import json
+import os
+import tracemalloc
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from robustsweep.cli import main
+from robustsweep.errors import ConfigError, TrackingError, UserError
+from robustsweep.launch import SWEEP_FILE, _save_spec, driver_record, load_saved_sweep, read_checkpoint_state, status
+from robustsweep.sweep import load_sweep
+from robustsweep.tracking import filter_value
+
+
+def _sweep(tmp_path, mnist_root, *, name="s", storage=None, extra="", base="", groups="[{name: g}]"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"""
+name: "{name}"
+storage_path: "{storage or tmp_path / 'ray_results'}"
+mlflow: {{tracking_uri: "sqlite:///{tmp_path / 'mlflow.db'}"}}
+{extra}
+base: {{dataset: mnist, data_root: "{mnist_root}", epochs: 1, subset: 100, test_subset: 50, attack_subset: 10,
+        hessian_samples: 10, pgd_steps: 1, hessian_iters: 2, device: cpu{base}}}
+groups: {groups}
+""")
+    return path
+
+
+def _one_paragraph_error(capsys, *needles) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("robustsweep: error: ") and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def _nothing_created(tmp_path, experiment="s"):
+    db = tmp_path / "mlflow.db"
+    if db.exists():
+        assert MlflowClient(f"sqlite:///{db}").get_experiment_by_name(experiment) is None
+    assert not (tmp_path / "ray_results").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep files
+
+
+def test_binary_sweep_file(tmp_path, capsys):
+    path = tmp_path / "g.yaml"
+    path.write_bytes(bytes(range(256)) * 2)
+    assert main(["validate", str(path)]) == 2
+    _one_paragraph_error(capsys, "is not a text (UTF-8) YAML file")
+    path.write_bytes(b"name: x\x00\x01")
+    assert main(["validate", str(path)]) == 2
+    _one_paragraph_error(capsys, "NUL bytes")
+
+
+@pytest.mark.parametrize("text, line", [
+    ("name: a\nname: b\ngroups: [{name: g}]\n", 2),
+    ("name: a\ngroups:\n  - name: g\n    set: {lr: 0.1, lr: 0.2}\n", 4),
+])
+def test_duplicate_yaml_keys_are_refused(tmp_path, capsys, text, line):
+    path = tmp_path / "d.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    _one_paragraph_error(capsys, f"at line {line}", "duplicate key", "give each key once")
+
+
+def test_yaml_merge_keys_may_still_override(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("name: m\nbase: &b {dataset: mnist, lr: 0.1}\ngroups:\n  - name: g\n    set: {<<: *b, lr: 0.2}\n")
+    (trial,) = load_sweep(path).trials
+    assert trial.config.lr == 0.2
+
+
+@pytest.mark.parametrize("name", ["x'or'1'='1", "..", "a/b", "-x", "a b", 'x"y'])
+def test_names_that_are_not_one_safe_path_component_are_refused(tmp_path, mnist_root, capsys, name):
+    path = tmp_path / "n.yaml"
+    path.write_text(f"name: {json.dumps(name)}\ngroups: [{{name: g}}]\n")
+    assert main(["validate", str(path)]) == 2
+    _one_paragraph_error(capsys, "at name: expected a sweep name of letters, digits")
+    path.write_text(f"name: ok\ngroups: [{{name: {json.dumps(name)}}}]\n")
+    assert main(["validate", str(path)]) == 2
+    _one_paragraph_error(capsys, "groups[0].name")
+    for command in ("status", "resume"):
+        assert main([command, "--storage-path", str(tmp_path), "--", name]) == 2
+        _one_paragraph_error(capsys, "is not a sweep name")
+
+
+def test_filter_values_are_quoted_so_mlflow_finds_them(mlflow_uri):
+    client = MlflowClient(mlflow_uri)
+    experiment = client.create_experiment("q")
+    values = ["plain", "it's", 'say "x"', "a'or'1'='1"]
+    for value in values:
+        client.create_run(experiment, tags={"sweep": value})
+    for value in values:
+        (run,) = client.search_runs([experiment], filter_string=f"tags.sweep = {filter_value(value)}")
+        assert run.data.tags["sweep"] == value
+    with pytest.raises(TrackingError, match="both kinds of quote"):
+        filter_value("""'"'""")
+
+
+def test_grid_size_is_capped_before_expansion(tmp_path, capsys):
+    axis = ", ".join(str(i + 1) for i in range(100))
+    path = tmp_path / "big.yaml"
+    path.write_text(f"name: big\ngroups:\n  - name: g\n    grid: {{batch_size: [{axis}], epochs: [{axis}], "
+                    f"pgd_steps: [{axis}]}}\n")
+    tracemalloc.start()
+    try:
+        assert main(["validate", str(path)]) == 2
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    _one_paragraph_error(capsys, "expands to 1,000,000 trials, more than the limit of 100,000", "--max-trials")
+    assert peak < 20e6  # counted, never expanded (expanding took gigabytes)
+    small = tmp_path / "small.yaml"
+    small.write_text("name: small\nseeds: [0, 1, 2]\ngroups: [{name: g, grid: {batch_size: [16, 32, 64, 128]}}]\n")
+    assert main(["validate", str(small), "--max-trials", "11"]) == 2
+    _one_paragraph_error(capsys, "expands to 12 trials, more than the limit of 11")
+    assert main(["validate", str(small), "--max-trials", "12"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# storage, data, saved sweeps
+
+
+def test_storage_path_under_a_regular_file(tmp_path, mnist_root, capsys):
+    (tmp_path / "afile").write_text("")
+    path = _sweep(tmp_path, mnist_root, storage=tmp_path / "afile" / "sub")
+    assert main(["launch", str(path)]) == 2
+    _one_paragraph_error(capsys, f"{tmp_path / 'afile'} is a file, not a folder")
+    _nothing_created(tmp_path)
+
+
+@pytest.mark.slow  # the S3 client retries for several seconds before it gives up
+def test_unreachable_cloud_storage(tmp_path, mnist_root, capsys, monkeypatch):
+    # An S3 endpoint on a closed local port: nothing leaves this machine. No credential look-ups either.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    path = _sweep(tmp_path, mnist_root, storage="s3://bucket/ray?endpoint_override=127.0.0.1:9&scheme=http")
+    assert main(["launch", str(path)]) == 2
+    _one_paragraph_error(capsys, "storage_path s3://bucket/ray", "cannot be reached", "credentials")
+    _nothing_created(tmp_path)
+
+
+@pytest.mark.parametrize("mode", [["--debug"], []])
+def test_missing_dataset_is_refused_before_anything_is_created(tmp_path, mnist_root, capsys, mode):
+    path = _sweep(tmp_path, tmp_path / "nodata", base=", download: false")
+    assert main(["launch", str(path), *mode]) == 2
+    _one_paragraph_error(capsys, f"The mnist dataset is not in {tmp_path / 'nodata'}/MNIST/raw",
+                         "Nothing was started")
+    _nothing_created(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b'{"name": "s", "stor', b'{"name": "s"}', b"\x00\x01"])
+def test_broken_saved_sweep_is_a_clear_error(tmp_path, capsys, content):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / SWEEP_FILE).write_bytes(content)
+    for command in ("status", "resume"):
+        assert main([command, "s", "--storage-path", str(tmp_path)]) == 2
+        _one_paragraph_error(capsys, f"{SWEEP_FILE} is unreadable", "launch the sweep file again")
+
+
+def test_saved_sweep_is_replaced_whole_or_not_at_all(tmp_path, mnist_root, monkeypatch):
+    spec = load_sweep(_sweep(tmp_path, mnist_root))
+    _save_spec(spec)
+    saved = tmp_path / "ray_results" / "s" / SWEEP_FILE
+    before = saved.read_bytes()
+    import robustsweep.launch as launch_module
+
+    real = launch_module._storage_file
+
+    class DiesBeforeRename:
+        """The storage, as seen by a launch that dies after writing the new copy, before the rename."""
+
+        def __init__(self, filesystem):
+            self.filesystem = filesystem
+
+        def __getattr__(self, name):
+            return getattr(self.filesystem, name)
+
+        def move(self, src, dest):
+            raise KeyboardInterrupt
+
+    def storage_file(*args):
+        filesystem, path = real(*args)
+        return DiesBeforeRename(filesystem), path
+
+    monkeypatch.setattr(launch_module, "_storage_file", storage_file)
+    with pytest.raises(KeyboardInterrupt):
+        _save_spec(spec)
+    assert saved.read_bytes() == before
+    assert load_saved_sweep("s", str(tmp_path / "ray_results")).trials[0].trial_id == spec.trials[0].trial_id
+
+
+# ---------------------------------------------------------------------------------------------
+# status: interrupted, running, collapsed
+
+
+def test_status_tells_interrupted_from_running_and_counts_collapsed(tmp_path, mnist_root, capsys):
+    spec = load_sweep(_sweep(tmp_path, mnist_root, groups="[{name: g, grid: {lr: [0.01, 0.02, 0.03, 0.04]}}]"))
+    _save_spec(spec)
+    client = MlflowClient(spec.tracking_uri)
+    experiment = client.create_experiment("s")
+    ids = [t.trial_id for t in spec.trials]
+    for trial_id, state, outcome in ((ids[0], "FINISHED", "collapsed"), (ids[1], "FINISHED", "finished"),
+                                     (ids[2], "RUNNING", None)):
+        run = client.create_run(experiment, tags={"sweep": "s", "trial_id": trial_id,
+                                                  **({"outcome": outcome} if outcome else {})})
+        if state == "FINISHED":
+            client.set_terminated(run.info.run_id)
+    storage = str(tmp_path / "ray_results")
+    common = {"pending": 1, "finished": 1, "collapsed": 1, "diverged": 0, "failed": 0}
+    # no driver: the RUNNING run was left by a killed one
+    assert status("s", storage).counts == {**common, "running": 0, "interrupted": 1}
+    assert main(["status", "s", "--storage-path", storage]) == 0
+    out = capsys.readouterr().out
+    assert "no driver is running" in out and "interrupted  1  (no live Ray trial" in out
+    with driver_record(storage, "s"):  # this process, alive: running
+        assert status("s", storage).counts == {**common, "running": 1, "interrupted": 0}
+    record = tmp_path / "ray_results" / "s" / "robustsweep-driver.json"
+    assert not record.exists()  # a clean exit removes the record
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    import socket
+
+    record.write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "start_ticks": "1"}))
+    assert status("s", storage).counts["interrupted"] == 1  # a record whose process is gone
+    record.write_text(json.dumps({"host": "some-other-host", "pid": 1}))
+    assert status("s", storage).counts["running"] == 1  # a driver elsewhere: cannot tell, say running
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints hold no code
+
+
+def test_checkpoints_are_read_without_unpickling_code(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "code from the checkpoint ran"))
+
+    torch.save({"epoch": 1, "model": {}, "payload": Payload()}, tmp_path / "trial_state.pt")
+    with pytest.raises(UserError, match="cannot be read as tensors and plain values"):
+        read_checkpoint_state(tmp_path)
+    assert not marker.exists()
+    torch.save({"epoch": 1, "model": {"w": torch.ones(2)}, "history": [{"a": 1.0}]}, tmp_path / "trial_state.pt")
+    assert read_checkpoint_state(tmp_path)["epoch"] == 1
