@@ -1,5 +1,6 @@
 """`robustsweep report` from a real MLflow store filled by a real (debug-mode) sweep."""
 
+import itertools
 import math
 import re
 import shutil
@@ -180,6 +181,34 @@ def test_spearman_matches_scipy_including_ties(seed):
     rho, p, n = spearman(x, y)
     ref = stats.spearmanr(x, y)
     assert (rho, p, n) == (pytest.approx(ref.statistic, abs=1e-12), pytest.approx(ref.pvalue, rel=1e-9), 25)
+
+
+def test_ratio_group_draws_one_line_per_variant_across_batch_sizes():
+    from robustsweep.report.figures import batch_size_lines
+
+    rows = [{"variant": v, "batch_size": b, "lr": 0.005 / 32 * b, "lr_batch_ratio": 0.005 / 32, "momentum": 0.0,
+             "weight_decay": 0.0, "schedule": "constant", "epochs": 1, "clean_acc": 0.9, "diverged": False}
+            for v in ("sgd", "svrg") for b in (32, 64, 128, 256) for _ in range(2)]
+    lines = batch_size_lines(pd.DataFrame(rows), "clean_acc")
+    assert [label for label, _ in lines] == ["sgd", "svrg"]
+    assert all(list(line["batch_size"]) == [32, 64, 128, 256] for _, line in lines)
+    assert all((line["clean_acc_n"] == 2).all() for _, line in lines)
+
+
+def test_spearman_p_value_is_exact_at_small_n():
+    rho, p, n = spearman([1, 2, 3, 4], [4, 3, 2, 1])
+    assert (rho, n) == (pytest.approx(-1.0), 4)
+    assert p == pytest.approx(2 / 24)  # the two orders with |rho| = 1 among 4! pairings
+    rng = np.random.default_rng(3)
+    for size in (5, 6):
+        x, y = rng.normal(size=size), rng.normal(size=size)
+        observed = stats.spearmanr(x, y).statistic
+        # the reference: scipy's rho for every pairing of y with x
+        pairings = [stats.spearmanr(x, order).statistic for order in itertools.permutations(y)]
+        reference = np.mean(np.abs(pairings) >= abs(observed) - 1e-12)
+        rho, p, _ = spearman(x, y)
+        assert rho == pytest.approx(observed) and p == pytest.approx(reference)
+        assert p > stats.spearmanr(x, y).pvalue  # the t approximation is too small at this n
 
 
 def test_spearman_drops_missing_pairs():

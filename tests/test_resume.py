@@ -22,14 +22,13 @@ def _through_a_checkpoint(state: dict) -> dict:
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_resume_from_epochs_1_and_2_equals_three_epochs_straight(variant, mnist_root, mlflow_uri):
     # Momentum 0.9 (optimizer state), SVRG snapshots in epochs 1 and 3 only (so epoch 2 runs on the
-    # checkpointed mu), noise at batch 32 (noise_ref_batch 16), Selective Backprop selecting from
+    # checkpointed mu), multiplicative noise drawn every step, Selective Backprop selecting from
     # epoch 2 on: every piece of state a checkpoint must carry is in use after one of the two resumes.
     config = make_trial_config({
         "variant": variant, "lr": 0.001 if variant.startswith("adam") else 0.02, "momentum": 0.9,
         "data_root": str(mnist_root), "mlflow_tracking_uri": mlflow_uri, "device": "cpu", "subset": 400,
         "batch_size": 32, "epochs": 3, "test_subset": 100, "attack_subset": 20, "hessian_samples": 20,
-        "pgd_steps": 2, "hessian_iters": 3, "eps": [0.1], "svrg_snapshot_every": 2,
-        **({"noise_ref_batch": 16} if variant == "sgdnoise" else {})})
+        "pgd_steps": 2, "hessian_iters": 3, "eps": [0.1], "svrg_snapshot_every": 2})
     states: dict[str, dict[int, dict]] = {}
 
     def keep(which):

@@ -83,26 +83,33 @@ def test_missing_sweep_file(capsys):
 
 
 def test_table1_expands_to_the_studys_full_grid(capsys):
-    # Derived in the comment at the top of sweeps/table1.yaml: MNIST 48+6+24+6+12+12+6 = 114,
-    # CIFAR-10 4+4+1+3+4 = 16, total 130 with one seed.
+    # Derived in the comment at the top of sweeps/table1.yaml: MNIST 48+6+24+6+24+24+12 = 144,
+    # CIFAR-10 4+4+1+3+4 = 16, total 160 with one seed.
     spec = load_sweep(REPO / "sweeps" / "table1.yaml")
     counts = {name: n for name, n, _ in spec.summary()}
     assert counts == {"mnist-constant-lr": 48, "mnist-constant-lr-adam": 6, "mnist-ratio": 24,
-                      "mnist-ratio-adam": 6, "mnist-weight-decay": 12, "mnist-momentum": 12, "mnist-step": 6,
+                      "mnist-ratio-adam": 6, "mnist-weight-decay": 24, "mnist-momentum": 24, "mnist-step": 12,
                       "cifar-step-lr0.1": 4, "cifar-constant-lr0.01": 4, "cifar-adam": 1,
                       "cifar-sgd-regularized": 3, "cifar-ratio": 4}
-    assert len(spec.trials) == 130
+    assert len(spec.trials) == 160
     mnist = [t.config for t in spec.trials if t.config.dataset == "mnist"]
+    assert len(mnist) == 144
     assert {c.batch_size for c in mnist} == {32, 64, 128, 256, 512, 1024}
     assert all(c.eps == (0.03, 0.15) and c.model == "m1" for c in mnist)
     cifar = [t.config for t in spec.trials if t.config.dataset == "cifar10"]
     assert all(c.eps == (0.02,) and c.model == "vgg11" for c in cifar)
     ratio = [c for c in mnist if c.lr_batch_ratio and c.variant == "sgd"]
     assert sorted(c.effective_lr for c in ratio) == pytest.approx([0.005 * 2 ** k for k in range(6)])
+    # the study's text: momentum and weight decay at the higher rate too; the step schedule from both rates
+    for group, key in (("mnist-momentum", "momentum"), ("mnist-weight-decay", "weight_decay")):
+        rows = {(getattr(t.config, key), t.config.lr) for t in spec.trials if t.group == group}
+        assert {lr for _, lr in rows} == {0.01, 0.1} and len(rows) == 4
+    assert {t.config.lr for t in spec.trials if t.group == "mnist-step"} == {0.01, 0.1}
+    assert {t.config.lr for t in spec.trials if t.group == "mnist-constant-lr-adam"} == {0.0005}
     step = [t.config for t in spec.trials if t.group == "cifar-step-lr0.1"]
     assert all(c.lr_milestones == (60,) and c.lr_gamma == 0.1 for c in step)
     assert main(["validate", str(REPO / "sweeps" / "table1.yaml")]) == 0
-    assert "130 trials" in capsys.readouterr().out
+    assert "160 trials" in capsys.readouterr().out
 
 
 def test_smoke_sweep_validates():

@@ -138,13 +138,29 @@ def test_noisy_sgd_gradient_mean_and_covariance_match_the_fisher_formula():
     assert (empirical_cov - expected_cov).norm() / expected_cov.norm() < 0.10
 
 
-def test_noise_scale_from_reference_batch():
+def test_noise_scale_is_fixed_by_default_and_the_reference_rule_is_opt_in():
+    model = nn.Linear(2, 2)
+    split = Split(torch.zeros(1), torch.zeros(1))
+
+    def sigma(**settings):
+        config = TrialConfig(variant="sgdnoise", **settings).resolved()
+        return VARIANTS["sgdnoise"](model, config, split, torch.Generator()).sigma
+
+    # the same sigma at every batch size of the study (its Algorithm 2: W = 1 + V, V of a fixed scale)
+    assert [sigma(batch_size=b) for b in (32, 128, 1024)] == [1.0, 1.0, 1.0]
+    assert sigma(batch_size=1024, lr_batch_ratio=0.005 / 32) == 1.0  # no second batch-size scaling
+    assert sigma(batch_size=64, noise_std=0.3) == 0.3
+    # opt-in: emulate a reference batch, sigma^2 = b / b_ref - 1
+    assert sigma(batch_size=128, noise_ref_batch=32) == pytest.approx(3 ** 0.5)
     assert noise_std_for(256, 32) == pytest.approx(7 ** 0.5)
     assert noise_std_for(32, 32) == 0.0 and noise_std_for(16, 32) == 0.0
-    config = TrialConfig(variant="sgdnoise", batch_size=128).resolved()
-    model = nn.Linear(2, 2)
-    v = VARIANTS["sgdnoise"](model, config, Split(torch.zeros(1), torch.zeros(1)), torch.Generator())
-    assert v.sigma == pytest.approx(3 ** 0.5)  # default reference batch 32: 128/32 - 1 = 3
+
+
+def test_noisy_sgd_differs_from_sgd_at_batch_32_with_the_same_seed(mnist_root, mlflow_uri):
+    outcomes = {variant: _tiny_trial(mnist_root, mlflow_uri, variant=variant, batch_size=32, epochs=1, lr=0.05)
+                for variant in ("sgd", "sgdnoise")}
+    assert outcomes["sgd"].history[0]["train_loss"] != outcomes["sgdnoise"].history[0]["train_loss"]
+    assert outcomes["sgd"].metrics["hessian_top_eig"] != outcomes["sgdnoise"].metrics["hessian_top_eig"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +219,7 @@ def test_each_variant_trains_m1_through_robustsweep_run(variant, lr, mnist_root,
     epochs = 2 if variant == "sgdselective" else 1  # SB's first epoch is plain SGD by design
     code = main(["run", f"variant={variant}", f"lr={lr}", f"data_root={mnist_root}", "device=cpu",
                  f"mlflow_tracking_uri={mlflow_uri}", "subset=3000", f"epochs={epochs}", "batch_size=64",
-                 *(["noise_ref_batch=16"] if variant == "sgdnoise" else []), *TINY_EVAL, "--quiet"])
+                 *TINY_EVAL, "--quiet"])
     assert code == 0, capsys.readouterr()
     client = MlflowClient(mlflow_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("robustsweep").experiment_id])
@@ -339,6 +355,7 @@ def _assert_bn_equal(a, b):
 
 @pytest.mark.parametrize("name", ["svrg", "sgdselective"])
 def test_auxiliary_passes_leave_batchnorm_running_statistics_alone(name):
+    """SVRG's snapshot passes and Selective Backprop's selection forward do not move BatchNorm's statistics."""
     torch.manual_seed(0)
     model = _ConvBN().train()
     x, y = _image_batches(32)
@@ -349,9 +366,28 @@ def test_auxiliary_passes_leave_batchnorm_running_statistics_alone(name):
     _assert_bn_equal(_bn_state(model), before)  # the snapshot ran on its own copy
     expected = _after_one_training_forward(model, x)
     variant.train_step(x, y)
-    # SVRG: only g_B(w) ran on the model; Selective Backprop: only the selection forward, not the
-    # forward of its backward pass.
+    # SVRG: only g_B(w) ran on the model in training mode; Selective Backprop: only the forward of the
+    # back-propagated batch (here all 32 examples, the first epoch selects all), not the selection
+    # forward, which runs in eval mode as in the authors' code.
     _assert_bn_equal(_bn_state(model), expected)
+
+
+def test_selective_backprop_counts_the_current_batch_in_the_cdf_and_defaults_to_beta_3():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    config = TrialConfig(variant="sgdselective", lr=0.05, batch_size=16).resolved()
+    assert config.sb_beta == 3.0  # the authors' reference code
+    variant = VARIANTS["sgdselective"](model, config, Split(torch.zeros(1), torch.zeros(1)),
+                                       torch.Generator().manual_seed(0))
+    variant.start_epoch(1, None)  # past the first epoch: selecting, with an empty history
+    x, y = _image_batches(16)
+    with torch.no_grad():
+        losses = nn.functional.cross_entropy(model(x), y, reduction="none")
+    variant.train_step(x, y)
+    # the batch's own losses are in the history when P is computed: the lowest has CDF 0, P = 0
+    # (an empty history would have selected everything)
+    assert not variant.last_chosen[losses.argmin()]
+    assert torch.equal(variant.history, losses)
 
 
 def test_selective_backprop_history_holds_exactly_the_last_r_losses():

@@ -62,6 +62,9 @@ def yaml_load(text: str) -> Any:
 
 #: The study's base constant learning rate, used when neither lr nor lr_batch_ratio is given.
 STUDY_BASE_LR = 0.01
+#: sgdnoise's sigma when none is given: the study's Algorithm 2 draws W = 1 + V, V Gaussian of a fixed
+#: scale it does not state; 1.0 doubles the minibatch gradient-noise covariance at every batch size.
+DEFAULT_NOISE_STD = 1.0
 #: The model each dataset is trained with in the study.
 MODEL_FOR_DATASET = {"mnist": "m1", "cifar10": "vgg11"}
 DATA_ROOT_ENV = "ROBUSTSWEEP_DATA_ROOT"
@@ -131,12 +134,15 @@ class TrialConfig:
         0, "SVRG: examples in the snapshot gradient (0 = the full training set; N >= batch_size: Babanezhad et al.'s large batch)."
     )
     noise_std: Optional[float] = _opt(
-        None, "sgdnoise: std sigma of the multiplicative loss-weight noise (None = derived from noise_ref_batch)."
+        None, "sgdnoise: std sigma of the multiplicative loss-weight noise, the same at every batch size "
+              "(None = 1.0 unless noise_ref_batch is set; see variants/sgdnoise.py)."
     )
     noise_ref_batch: Optional[int] = _opt(
-        None, "sgdnoise: batch size whose SGD noise to emulate: sigma^2 = batch_size/ref - 1 (None with noise_std None = 32)."
+        None, "sgdnoise, opt-in: emulate SGD at this batch size, sigma^2 = batch_size/ref - 1 (zero noise at and "
+              "below ref; counts the batch twice under lr_batch_ratio)."
     )
-    sb_beta: float = _opt(1.0, "sgdselective: selectivity exponent beta in P = CDF(loss)^beta (Jiang et al.: 1, 2 or 3).")
+    sb_beta: float = _opt(3.0, "sgdselective: selectivity exponent beta in P = CDF(loss)^beta (Jiang et al. study 1, "
+                               "2 and 3; 3 is their reference code's default).")
     sb_history: int = _opt(1024, "sgdselective: R, number of recent losses the CDF is taken over (reference code: 1024).")
 
     # ---- evaluation -------------------------------------------------------
@@ -186,7 +192,7 @@ class TrialConfig:
             if self.lr_gamma is None:
                 changes["lr_gamma"] = 0.1 if cifar else 0.5
         if self.variant == "sgdnoise" and self.noise_std is None and self.noise_ref_batch is None:
-            changes["noise_ref_batch"] = 32  # the study's smallest batch size
+            changes["noise_std"] = DEFAULT_NOISE_STD
         out = dataclasses.replace(self, **changes)
         out.validate()
         return out

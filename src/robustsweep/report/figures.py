@@ -66,6 +66,20 @@ def _panels(df: pd.DataFrame) -> list[str]:
     return [g for g, part in df.groupby("group", sort=False) if part["batch_size"].nunique() > 1]
 
 
+def batch_size_lines(runs: pd.DataFrame, metric: str) -> list[tuple[str, pd.DataFrame]]:
+    """(label, points sorted by batch size) for each line of one panel: one line per configuration
+    other than the batch size. Under a constant lr/batch-size ratio the rate changes with the batch
+    size by design, so the ratio, not the rate, tells lines apart there."""
+    line_keys = [k for k in ROW_KEYS if k != "batch_size"]
+    if runs["lr_batch_ratio"].notna().any():
+        line_keys.remove("lr")
+    agg = aggregate(runs, line_keys + ["batch_size"], [metric])
+    varying = [k for k in line_keys if agg[k].nunique(dropna=False) > 1]
+    keys = ["variant"] + [k for k in varying if k != "variant"]
+    return [(_line_label(line.iloc[0], keys), line.sort_values("batch_size"))
+            for _, line in agg.groupby(keys, sort=True, dropna=False)]
+
+
 def batch_size_figure(df: pd.DataFrame, dataset: str, metric: str, path: Path) -> Path | None:
     """One panel per regime; x = batch size (log2), one line per configuration; error bars = seed std."""
     part = df[(df["dataset"] == dataset) & ~df["diverged"] & df[metric].notna()]
@@ -73,15 +87,10 @@ def batch_size_figure(df: pd.DataFrame, dataset: str, metric: str, path: Path) -
     if not groups:
         return None
     fig, axes, spare = _panel_grid(len(groups))
-    line_keys = [k for k in ROW_KEYS if k != "batch_size"]
     for ax, group in zip(axes, groups):
-        agg = aggregate(part[part["group"] == group], line_keys + ["batch_size"], [metric])
-        varying = [k for k in line_keys if agg[k].nunique(dropna=False) > 1]
-        keys = ["variant"] + [k for k in varying if k != "variant"]
-        for _, line in agg.groupby([k for k in keys], sort=True, dropna=False):
-            line = line.sort_values("batch_size")
+        for label, line in batch_size_lines(part[part["group"] == group], metric):
             ax.errorbar(line["batch_size"], line[metric], yerr=line[f"{metric}_std"].fillna(0.0), marker="o",
-                        capsize=3, label=_line_label(line.iloc[0], keys))
+                        capsize=3, label=label)
         ax.set_xscale("log", base=2)
         if metric == "hessian_top_eig":
             ax.set_yscale("log")

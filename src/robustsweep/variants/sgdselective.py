@@ -1,32 +1,36 @@
 """Selective Backprop: back-propagate the examples with the highest losses.
 
 Jiang, Wong, Zhou, Andersen, Dean, Ganger, Joshi, Kaminsky, Kozuch, Lipton,
-Pillai, "Accelerating deep learning by focusing on the biggest losers", 2019.
+Pillai, "Accelerating deep learning by focusing on the biggest losers", 2019,
+and the authors' reference implementation, which this module follows.
 
 Update rule. Every example of each incoming minibatch is forwarded without
-gradients, giving its loss l. It is selected with probability
+gradients, in eval mode, giving its loss l. The batch's losses are added to a
+history of the last R losses, then each example is selected with probability
 
     P(l) = CDF_R(l) ** beta,
 
-where CDF_R(l) is the fraction of the last R recorded losses that are lower
-than l; the losses of every forwarded example are recorded. Selected examples
-accumulate in a pool; each time the pool holds a full batch (the training
-batch size), that batch is back-propagated with an ``sgd`` step (lr,
-momentum, weight decay) on its mean loss.
+where CDF_R(l) is the fraction of the R recorded losses (this batch's
+included) that are lower than l. Selected examples accumulate in a pool; each
+time the pool holds a full batch (the training batch size), that batch is
+back-propagated with an ``sgd`` step (lr, momentum, weight decay) on its mean
+loss, in training mode.
+
+As in the reference code:
+
+* beta = 3 by default (``sb_beta``; the paper studies 1, 2 and 3: beta 3
+  back-propagates about a quarter of the examples), R = 1024 (``sb_history``);
+* the selection forward runs in eval mode: BatchNorm normalizes with its
+  running statistics there and does not update them; the back-propagated
+  batch's forward, in training mode, updates them (with the selected, high-loss
+  examples, as the reference code does);
+* the current batch's losses enter the history before P is computed.
 
 Choices the paper leaves open, and what was chosen:
 
-* beta = 1 by default (the paper studies 1, 2 and 3; 1 selects about half
-  the examples); R = 1024 as in the reference implementation.
 * The first epoch back-propagates every example (P = 1) while recording the
   loss history, so the CDF is meaningful afterwards.
-* The CDF is taken over the history before the current batch's losses are
-  added; an empty history selects everything.
-* The selection forward runs in training mode (the losses match what would
-  be back-propagated) and updates BatchNorm's running statistics with every
-  example; the backward pass's forward does not update them again
-  (momentum 0 for that pass), so the running statistics are not biased
-  towards the selected high-loss examples.
+* "Lower" is strict: an example whose loss ties the lowest recorded has P = 0.
 * Examples left in the pool at the end of an epoch carry over to the next.
 * ``sb_forward`` and ``sb_backward`` count forwarded and back-propagated
   examples per epoch (``grad_evals`` = ``sb_backward``).
@@ -53,23 +57,14 @@ def selection_probability(losses: torch.Tensor, history: torch.Tensor, beta: flo
 
 
 @contextlib.contextmanager
-def frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
-    """Keep BatchNorm in training mode (batch statistics) but stop it updating running statistics.
-
-    Momentum 0 keeps the running mean and variance; the batch counter is put back afterwards.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for m in norms]
-    for m in norms:
-        m.momentum = 0.0
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block, its mode restored afterwards."""
+    was_training = model.training
+    model.eval()
     try:
         yield
     finally:
-        for m, (momentum, tracked) in zip(norms, saved):
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
+        model.train(was_training)
 
 
 class SelectiveBackprop(Variant):
@@ -92,16 +87,16 @@ class SelectiveBackprop(Variant):
         self.history = torch.cat([self.history, losses])[-self.config.sb_history:]
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(self.model):
             logits = self.model(x)
             losses = self.loss_fn(logits, y)
+        self.record(losses)
         if self.select_all:
             chosen = torch.ones_like(y, dtype=torch.bool)
         else:
             p = selection_probability(losses, self.history, self.config.sb_beta)
             chosen = torch.rand(len(y), generator=self.generator).to(p.device) < p
         self.last_chosen = chosen
-        self.record(losses)
         self.counters["sb_forward"] += len(y)
         self.pool_x = x[chosen] if self.pool_x is None else torch.cat([self.pool_x, x[chosen]])
         self.pool_y = y[chosen] if self.pool_y is None else torch.cat([self.pool_y, y[chosen]])
@@ -113,8 +108,7 @@ class SelectiveBackprop(Variant):
 
     def backprop(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        with frozen_batchnorm_statistics(self.model):
-            self.loss_fn(self.model(x), y).mean().backward()
+        self.loss_fn(self.model(x), y).mean().backward()
         self.optimizer.step()
         self.counters["sb_backward"] += len(y)
         self.counters["grad_evals"] += len(y)
