@@ -105,6 +105,11 @@ def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
             assert image.size[0] > 100 and image.size[1] > 100
     page = (out / "index.html").read_text()
     assert set(re.findall(r'<img src="([^"]+)"', page)) == {p.name for p in pngs}
+    # the study's Figure 1 (the sweep has constant-rate SGD and Adam); no momentum, decay or schedule
+    # runs beside their baselines, so no Figures 3-5
+    assert (out / "figure1.png").exists() and not list(out.glob("figure[345].png"))
+    assert "PGD: 2 steps of 2.5 eps / steps (Madry et al.), from a uniform random start" in page
+    assert "Attacked: the first 40 test images" in (out / "tables.md").read_text()
     # tables aggregate the two seeds: mean ± std (n=2) against MLflow's numbers
     table = (out / "tables.md").read_text()
     sgd32 = [mlflow_runs[r].data.metrics["clean_acc"] for r in
@@ -221,3 +226,45 @@ def test_spearman_drops_missing_pairs():
 def test_report_by_name_needs_a_launched_sweep(tmp_path):
     with pytest.raises(UserError, match="No sweep named 'ghost'"):
         make_report("ghost", tmp_path / "r", storage_path=str(tmp_path))
+
+
+def _study_runs():
+    rows = []
+
+    def add(group, variant="sgd", lr=0.01, ratio=None, momentum=0.0, wd=0.0, schedule="constant"):
+        for b in (32, 64):
+            rows.append({"group": group, "dataset": "mnist", "variant": variant, "batch_size": b,
+                         "lr": ratio * b if ratio else lr, "lr_batch_ratio": ratio, "momentum": momentum,
+                         "weight_decay": wd, "schedule": schedule, "epochs": 1, "diverged": False,
+                         "clean_acc": 0.9, "hessian_top_eig": 1.0})
+
+    for lr in (0.01, 0.1):
+        add("constant-lr", lr=lr)
+        add("constant-lr", variant="svrg", lr=lr)
+        add("momentum", lr=lr, momentum=0.9)
+        add("weight-decay", lr=lr, wd=0.01)
+        add("step", lr=lr, schedule="step")
+    add("adam", variant="adam", lr=0.0005)
+    add("ratio", ratio=0.005 / 32)
+    add("ratio", variant="svrg", ratio=0.005 / 32)
+    return pd.DataFrame(rows)
+
+
+def test_study_figures_select_by_setting_and_merge_baselines_across_groups():
+    from robustsweep.report.study_figures import STUDY_FIGURES, study_lines, study_runs
+
+    df = _study_runs()
+    figures = {f.number: f for f in STUDY_FIGURES}
+    groups = {n: set(study_runs(df, f)["group"]) for n, f in figures.items()}
+    assert groups[1] == {"constant-lr", "adam"}  # Adam in the panels of the SGD variants
+    assert groups[2] == {"ratio"}
+    assert groups[3] == {"constant-lr", "momentum"}  # momentum 0 is the constant-lr sgd baseline
+    assert groups[4] == {"constant-lr", "weight-decay"}
+    assert groups[5] == {"constant-lr", "step"}  # the constant schedule beside the step schedule
+    labels = {n: [label for label, _ in study_lines(study_runs(df, f), f, "clean_acc")] for n, f in figures.items()}
+    assert labels[1] == ["adam, lr=0.0005", "sgd, lr=0.01", "sgd, lr=0.1", "svrg, lr=0.01", "svrg, lr=0.1"]
+    assert labels[2] == ["sgd", "svrg"]  # one line per variant across batch sizes
+    assert labels[3] == ["momentum=0, lr=0.01", "momentum=0, lr=0.1", "momentum=0.9, lr=0.01", "momentum=0.9, lr=0.1"]
+    assert labels[5] == ["constant, lr=0.01", "constant, lr=0.1", "step, lr=0.01", "step, lr=0.1"]
+    assert all(len(line) == 2 for f in figures.values()
+               for _, line in study_lines(study_runs(df, f), f, "clean_acc"))

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..metrics import measurement_keys
 from .collect import SweepRuns, collect, for_analysis
+from .study_figures import STUDY_FIGURES, study_figure
 from .correlation import correlation_table
 from .figures import batch_size_figure, correlation_figure, learning_curves_figure, metric_label
 from .tables import ROW_KEYS, aggregate, display_table, to_html, to_markdown
@@ -41,6 +42,24 @@ class Report:
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in text)
+
+
+def attack_settings(table: pd.DataFrame) -> str:
+    """One paragraph: how the attacks were run, and why PGD below FGSM is expected (unlike the study's Table 2)."""
+    if table.empty or "pgd_steps" not in table:
+        return "No finished runs."
+    done = table[~table["diverged"]]
+    steps = sorted({int(s) for s in done["pgd_steps"].dropna()})
+    sizes = sorted({"2.5 eps / steps (Madry et al.)" if pd.isna(v) else f"{v:g}" for v in done["pgd_step_size"]})
+    subsets = sorted({"the whole test set" if not v else f"the first {int(v)} test images"
+                      for v in done["attack_subset"].fillna(0)})
+    return (f"FGSM: one signed-gradient step of size eps. PGD: {', '.join(map(str, steps))} steps of "
+            f"{', '.join(sizes)}, from a uniform random start in the l-inf ball, projected onto it and onto "
+            f"[0, 1] after each step (torchattacks). Attacked: {', '.join(subsets)}; ratio = attack accuracy / "
+            "clean accuracy on those images. A multi-step PGD with random start is normally at least as strong as FGSM, "
+            "so PGD accuracy is expected at or below FGSM's. The study's Table 2 reports PGD accuracy above FGSM in "
+            "every row, so its PGD was weaker: a gap between its PGD numbers and ours is a difference of "
+            "attack, not of training.")
 
 
 def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
@@ -82,6 +101,20 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
                        f"</figcaption></figure>" for p, a in images)
         sections.append(f"<h2>{html.escape(dataset)}</h2>{''.join(blocks)}<h3>Figures</h3>{figs}")
 
+    study_html = ""
+    mnist_eps = runs.eps.get("mnist", [])
+    for figure in STUDY_FIGURES if not df.empty and mnist_eps else ():
+        path = study_figure(df, figure, mnist_eps, out / f"figure{figure.number}.png")
+        if path:
+            report.figures.append(path)
+            caption = (f"Figure {figure.number}. {figure.title}: clean accuracy, FGSM and PGD accuracy relative to "
+                       f"clean accuracy, and the top Hessian eigenvalue against batch size; one line per "
+                       f"{' and '.join(k.replace('_', ' ') for k in figure.lines)}, mean ± std over seeds.")
+            study_html += (f'<figure><img src="{path.name}" alt="Figure {figure.number}">'
+                           f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if study_html:
+        sections.insert(0, f"<h2>Figures 1-5, laid out as in the study (MNIST)</h2>{study_html}")
+
     corr = correlation_table(df, all_ratios) if not df.empty else pd.DataFrame()
     report.correlation = corr
     corr.to_csv(out / "correlation.csv", index=False)
@@ -95,15 +128,18 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
     markdown += ["## Curvature and robustness (Spearman)", "", to_markdown(corr_display), ""]
     markdown += ["## Failed, diverged, collapsed and unfinished trials", "",
                  to_markdown(problems) if not problems.empty else "None.", ""]
-    (out / "tables.md").write_text("\n".join(markdown))
 
     corr_html = to_html(corr_display) + (f'<figure><img src="{scatter.name}" alt="curvature against robustness">'
                                          "<figcaption>attack ratio against top Hessian eigenvalue"
                                          "</figcaption></figure>" if scatter else "")
     problems_html = to_html(problems) if not problems.empty else "<p>None.</p>"
+    settings = attack_settings(runs.table)
+    markdown[4:4] = ["## Attack settings", "", settings, ""]
+    (out / "tables.md").write_text("\n".join(markdown))
     report.index.write_text(_PAGE.format(
         name=html.escape(runs.name), uri=html.escape(runs.tracking_uri), experiment=html.escape(runs.experiment),
-        n=len(df), problems=problems_html, sections="".join(sections), correlation=corr_html))
+        n=len(df), attacks=html.escape(settings), problems=problems_html, sections="".join(sections),
+        correlation=corr_html))
     return report
 
 
@@ -121,6 +157,7 @@ figcaption {{ color: #555; font-size: 0.9em; }}
 <p>{n} finished runs from MLflow <code>{uri}</code>, experiment <code>{experiment}</code>.
 Cells are mean ± sample standard deviation over seeds (n = number of runs); attack ratio = attack accuracy /
 clean accuracy on the attacked examples.</p>
+<h2>Attack settings</h2><p>{attacks}</p>
 <h2>Failed, diverged, collapsed and unfinished trials</h2>
 <p>A collapsed trial finished with clean accuracy within 0.05 of chance: attacks cannot lower it, so its
 attack ratios and top eigenvalue are left out of the tables, figures and correlations.</p>{problems}

@@ -18,8 +18,10 @@ from ..tracking import make_client
 #: Settings that describe a trial's configuration in tables and legends, in this order.
 CONFIG_COLUMNS = ["dataset", "model", "variant", "batch_size", "lr", "lr_batch_ratio", "momentum", "weight_decay",
                   "schedule", "epochs", "seed"]
-_INT = {"batch_size", "epochs", "seed"}
-_FLOAT = {"lr", "lr_batch_ratio", "momentum", "weight_decay"}
+#: How the attacks were run (the report states them beside any comparison with the study).
+ATTACK_COLUMNS = ["pgd_steps", "pgd_step_size", "attack_subset"]
+_INT = {"batch_size", "epochs", "seed", "pgd_steps", "attack_subset"}
+_FLOAT = {"lr", "lr_batch_ratio", "momentum", "weight_decay", "pgd_step_size"}
 
 
 @dataclass
@@ -85,7 +87,7 @@ def collect(sweep: str, *, tracking_uri: str | None = None, storage_path: str | 
         params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
         row: dict[str, Any] = {"trial_id": trial_id, "group": tags.get("group", ""), "run_id": run.info.run_id,
                                "outcome": tags.get("outcome", "finished")}
-        row.update({k: _param(params, k) for k in CONFIG_COLUMNS})
+        row.update({k: _param(params, k) for k in CONFIG_COLUMNS + ATTACK_COLUMNS})
         if row["lr"] is None and row["lr_batch_ratio"] is not None:
             row["lr"] = row["lr_batch_ratio"] * row["batch_size"]  # the initial rate the ratio gives
         if row["dataset"] not in eps_sets:  # a run the sweep file no longer declares
