@@ -11,8 +11,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from robustsweep.cli import main
-from robustsweep.errors import ConfigError, TrackingError, UserError
-from robustsweep.launch import SWEEP_FILE, _save_spec, driver_record, load_saved_sweep, read_checkpoint_state, status
+from robustsweep.errors import TrackingError, UserError
+from robustsweep.launch import SWEEP_FILE, _save_spec, load_saved_sweep, read_checkpoint_state, status
+from robustsweep.storage import driver_record
 from robustsweep.sweep import load_sweep
 from robustsweep.tracking import filter_value
 
@@ -175,7 +176,7 @@ def test_saved_sweep_is_replaced_whole_or_not_at_all(tmp_path, mnist_root, monke
     before = saved.read_bytes()
     import robustsweep.launch as launch_module
 
-    real = launch_module._storage_file
+    real = launch_module.storage_file
 
     class DiesBeforeRename:
         """The storage, as seen by a launch that dies after writing the new copy, before the rename."""
@@ -193,7 +194,7 @@ def test_saved_sweep_is_replaced_whole_or_not_at_all(tmp_path, mnist_root, monke
         filesystem, path = real(*args)
         return DiesBeforeRename(filesystem), path
 
-    monkeypatch.setattr(launch_module, "_storage_file", storage_file)
+    monkeypatch.setattr(launch_module, "storage_file", storage_file)
     with pytest.raises(KeyboardInterrupt):
         _save_spec(spec)
     assert saved.read_bytes() == before

@@ -3,7 +3,6 @@
 Two Ray nodes logging to an MLflow server: tests/test_cluster_mlflow.py.
 """
 
-import json
 import os
 import signal
 import subprocess

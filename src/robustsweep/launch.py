@@ -15,24 +15,21 @@ The expanded sweep is saved next to Ray's experiment state
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import socket
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .errors import UserError
 from .preflight import check_data, check_resources, check_storage
+from .storage import driver_record, driver_state, storage_file
 from .sweep import SAFE_NAME, SweepSpec, Trial
 from .tracking import check_server, filter_value, get_or_create_experiment, make_client
 
 SWEEP_FILE = "robustsweep-sweep.json"
-DRIVER_FILE = "robustsweep-driver.json"
 STATE_FILE = "trial_state.pt"
 DEFAULT_STORAGE = "ray_results"
 
@@ -155,15 +152,6 @@ def _prepare_tracking(spec: SweepSpec) -> None:
                             "Check that the store is writable and the server is up.") from None
 
 
-def _storage_file(storage_path: str, *parts: str):
-    """(pyarrow filesystem, path) for a file under a local folder or an s3:// / gs:// storage path."""
-    from pyarrow import fs
-
-    filesystem, root = fs.FileSystem.from_uri(storage_path if "://" in storage_path
-                                              else Path(storage_path).resolve().as_uri())
-    return filesystem, "/".join([root.rstrip("/"), *parts])
-
-
 def _save_spec(spec: SweepSpec) -> None:
     """Write the expanded sweep next to Ray's experiment state (local folder or cloud storage).
 
@@ -171,64 +159,12 @@ def _save_spec(spec: SweepSpec) -> None:
     never a truncated one.
     """
     text = json.dumps(spec_to_json(spec), indent=1).encode()
-    filesystem, path = _storage_file(spec.storage_path, spec.name, SWEEP_FILE)
+    filesystem, path = storage_file(spec.storage_path, spec.name, SWEEP_FILE)
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     partial = f"{path}.{os.getpid()}.partial"
     with filesystem.open_output_stream(partial) as out:
         out.write(text)
     filesystem.move(partial, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# which process drives a sweep (so that `status` can tell running from interrupted)
-
-
-def _start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell it from a later one with its pid."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int, ticks: str | None) -> bool:
-    if ticks is not None and Path("/proc").is_dir():
-        return _start_ticks(pid) == ticks
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def driver_record(storage_path: str, name: str) -> Iterator[None]:
-    """Record this process as the sweep's driver while the block runs; a clean exit removes the record."""
-    filesystem, path = _storage_file(storage_path, name, DRIVER_FILE)
-    record = {"host": socket.gethostname(), "pid": os.getpid(), "start_ticks": _start_ticks(os.getpid()),
-              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    with filesystem.open_output_stream(path) as out:
-        out.write(json.dumps(record).encode())
-    try:
-        yield
-    finally:
-        try:
-            filesystem.delete_file(path)
-        except OSError:
-            pass
-
-
-def driver_state(storage_path: str, name: str) -> str:
-    """'live' (the driver runs on this host), 'gone' (no driver), or 'elsewhere (host H, pid P)'."""
-    filesystem, path = _storage_file(storage_path, name, DRIVER_FILE)
-    try:
-        with filesystem.open_input_stream(path) as stream:
-            record = json.loads(stream.read())
-    except (OSError, ValueError):
-        return "gone"
-    if record.get("host") != socket.gethostname():
-        return f"elsewhere (host {record.get('host')}, pid {record.get('pid')})"
-    return "live" if _alive(int(record["pid"]), record.get("start_ticks")) else "gone"
 
 
 def spec_to_json(spec: SweepSpec) -> dict[str, Any]:
@@ -262,7 +198,7 @@ def load_saved_sweep(name: str, storage_path: str | None = None) -> SavedSweep:
     if "://" not in storage:
         storage = str(Path(storage).resolve())
     try:
-        filesystem, path = _storage_file(storage, name, SWEEP_FILE)
+        filesystem, path = storage_file(storage, name, SWEEP_FILE)
         with filesystem.open_input_stream(path) as stream:
             raw = stream.read()
     except (FileNotFoundError, OSError) as exc:
