@@ -135,6 +135,7 @@ def test_log_to_mlflow_attaches_the_report(filled_store, tmp_path):
     (summary,) = client.search_runs([exp.experiment_id], filter_string="tags.kind = 'report'")
     names = {a.path for a in client.list_artifacts(summary.info.run_id, "report")}
     assert summary.info.artifact_uri.startswith(path.parent.as_uri())  # into this test's copy only
+    assert summary.info.run_id in client.get_experiment(exp.experiment_id).tags["mlflow.note.content"]
     assert "report/index.html" in names and "report/runs.csv" in names
     # the summary run is not mistaken for a trial
     assert len(pd.read_csv(make_report(str(path), tmp_path / "again").out / "runs.csv")) == 10

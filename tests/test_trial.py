@@ -41,6 +41,11 @@ def test_cli_trains_m1_on_real_mnist_and_logs_one_finished_run(mnist_root, mlflo
     assert run.data.params["lr"] == "0.05" and run.data.params["model"] == "m1"
     assert {"git_commit", "torch_version", "device_name"} <= set(run.data.tags)
     assert run.data.tags["outcome"] == "finished"
+    # MLflow 3's UI opens the experiment on its runs, whose Dataset column names the data
+    assert client.get_experiment_by_name("robustsweep").tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = {i.dataset.name: i for i in client.get_run(run.info.run_id).inputs.dataset_inputs}
+    assert set(inputs) == {"mnist-train-4000", "mnist-test-500"}
+    assert [t.value for t in inputs["mnist-train-4000"].tags] == ["training"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model.pt", "config.yaml"} <= artifacts
     assert "clean_acc" in out and "hessian_top_eig" in out  # the final table
@@ -237,3 +242,12 @@ def test_trial_wires_the_flip_setting_into_training(mnist_root, mlflow_uri):
     flipped = run_trial(make_trial_config(_tiny_values(mnist_root, mlflow_uri, epochs=1, augment_flip=True)))
     plain = run_trial(make_trial_config(_tiny_values(mnist_root, mlflow_uri, epochs=1, augment_flip=False)))
     assert flipped.history[0]["train_loss"] != plain.history[0]["train_loss"]
+
+
+def test_experiments_made_before_the_kind_tag_get_it(mlflow_uri):
+    from robustsweep.tracking import get_or_create_experiment
+
+    client = MlflowClient(mlflow_uri)
+    old = client.create_experiment("old")  # as MLflow makes it: the UI would open its GenAI overview
+    assert get_or_create_experiment(client, "old", mlflow_uri) == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"

@@ -142,6 +142,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             if path.is_file():
                 run.log_artifact(path, "report")
         run.finish()
+        # The experiment's description (shown above its runs in the UI) points at the report.
+        run.client.set_experiment_tag(run.experiment_id, "mlflow.note.content",
+                                      f"Sweep {runs.name}: the report (tables, figures, index.html) is in "
+                                      f"run {run.run_id} (`report-{runs.name}`), under its artifacts' report/.")
         print(f"logged to MLflow run {run.run_id} (artifacts under report/)")
     return 0
 

@@ -139,12 +139,20 @@ def device_name(device) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+#: MLflow 3's UI opens an experiment on its runs table only when this tag says it is for model training
+#: (otherwise on its GenAI overview of traces and tokens).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def get_or_create_experiment(client, name: str, uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if any(experiment.tags.get(k) != v for k, v in EXPERIMENT_KIND.items()):
+            for key, value in EXPERIMENT_KIND.items():  # experiments made before the tag existed
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_root_for(uri))
+        return client.create_experiment(name, artifact_location=artifact_root_for(uri), tags=EXPERIMENT_KIND)
     except Exception:
         # Another process created it between our lookup and create.
         experiment = client.get_experiment_by_name(name)
@@ -226,6 +234,18 @@ class TrialRun:
         if not self.resumed:
             return set()
         return {m.step for m in _retry_locked(self.client.get_metric_history)(self.run_id, key)}
+
+    def log_datasets(self, datasets: Mapping[str, tuple[str, str, str]]) -> None:
+        """Record the data a run used as MLflow run inputs (the UI's Dataset column).
+
+        ``datasets``: context ("training", "evaluation") -> (name, digest, source folder).
+        """
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = [DatasetInput(Dataset(name=name, digest=digest, source_type="local", source=source),
+                               tags=[InputTag("mlflow.data.context", context)])
+                  for context, (name, digest, source) in datasets.items()]
+        _retry_locked(self.client.log_inputs)(self.run_id, datasets=inputs)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         _retry_locked(self.client.log_artifact)(self.run_id, str(path), artifact_path)

@@ -180,6 +180,18 @@ def run_trial(config: TrialConfig, *, resume_state: dict[str, Any] | None = None
         raise
 
 
+def dataset_inputs(config: TrialConfig, data: DeviceData) -> dict[str, tuple[str, str, str]]:
+    """The trial's data as MLflow run inputs: name (dataset, split, size), digest, source folder."""
+    import hashlib
+
+    def entry(split: str, part) -> tuple[str, str, str]:
+        digest = hashlib.sha1(part.images.cpu().numpy().tobytes())
+        digest.update(part.labels.cpu().numpy().tobytes())
+        return f"{config.dataset}-{split}-{len(part)}", digest.hexdigest()[:12], str(config.data_root)
+
+    return {"training": entry("train", data.train), "evaluation": entry("test", data.test)}
+
+
 def _out_of_memory(exc: BaseException, device: torch.device, config: TrialConfig) -> UserError:
     return UserError(
         f"The trial ran out of memory on {device} ({str(exc).splitlines()[0]}). Lower batch_size, "
@@ -192,6 +204,8 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
          resume_state: dict[str, Any] | None, on_epoch_end: EpochCallback | None, progress: bool,
          log: Callable[[str], None]) -> TrialOutcome:
     run.log_params(config.to_dict())  # idempotent: a reopened run gets the same values again
+    if not run.resumed:
+        run.log_datasets(dataset_inputs(config, data))
     torch.manual_seed(config.seed)
     model = build_model(config.model).to(device)
     data_generator = torch.Generator().manual_seed(config.seed)
