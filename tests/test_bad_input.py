@@ -224,6 +224,7 @@ def test_status_tells_interrupted_from_running_and_counts_collapsed(tmp_path, mn
     assert main(["status", "s", "--storage-path", storage]) == 0
     out = capsys.readouterr().out
     assert "no driver is running" in out and "interrupted  1  (no live Ray trial" in out
+    assert f"/#/experiments/{experiment}/runs?workflowType=machine_learning" in out  # straight to the runs table
     with driver_record(storage, "s"):  # this process, alive: running
         assert status("s", storage).counts == {**common, "running": 1, "interrupted": 0}
     record = tmp_path / "ray_results" / "s" / "robustsweep-driver.json"

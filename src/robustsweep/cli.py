@@ -107,6 +107,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .launch import status
+    from .tracking import runs_page
 
     st = status(args.name, args.storage_path)
     driver = {"live": "its driver is running on this machine", "gone": "no driver is running"}
@@ -115,8 +116,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                             f"`robustsweep resume {st.name}`)",
              "collapsed": "(clean accuracy near chance: left out of ratios and correlations)"}
     _print_table([(k, f"{v}  {notes[k]}" if v and k in notes else str(v)) for k, v in st.counts.items()])
-    print(f"MLflow: {st.tracking_uri} experiment {st.experiment!r} "
-          f"(mlflow ui --backend-store-uri {st.tracking_uri})")
+    if st.tracking_uri.startswith(("http://", "https://")):
+        where = runs_page(st.experiment_id, st.tracking_uri) if st.experiment_id else st.tracking_uri
+        print(f"MLflow: experiment {st.experiment!r}, runs at {where}")
+    else:
+        page = f", then {runs_page(st.experiment_id)}" if st.experiment_id else ""
+        print(f"MLflow: {st.tracking_uri} experiment {st.experiment!r} "
+              f"(mlflow ui --backend-store-uri {st.tracking_uri}{page})")
     print(f"Ray experiment state and checkpoints: {st.experiment_dir}")
     for trial_id, error in st.failures:
         print(f"  failed {trial_id}: {error.splitlines()[0] if error else ''}")

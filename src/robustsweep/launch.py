@@ -432,6 +432,7 @@ class SweepStatus:
     experiment_dir: str
     failures: list[tuple[str, str]]
     driver: str = "gone"
+    experiment_id: str | None = None
 
 
 #: Trial states that `status` counts, in the order it prints them.
@@ -461,4 +462,4 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
             counts["failed"] += 1
             failures.append((trial.trial_id, mine[0].data.tags.get("error", mine[0].info.status)))
     return SweepStatus(name, counts, len(saved.trials), saved.tracking_uri, saved.experiment,
-                       saved.experiment_dir, failures, driver)
+                       saved.experiment_dir, failures, driver, exp.experiment_id if exp else None)

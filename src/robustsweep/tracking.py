@@ -139,9 +139,15 @@ def device_name(device) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-#: MLflow 3's UI opens an experiment on its runs table only when this tag says it is for model training
-#: (otherwise on its GenAI overview of traces and tokens).
+#: Marks the experiment as model training for MLflow 3 (its UI's experiment-type logic reads it); the UI
+#: still opens in its GenAI mode unless the page address says otherwise (see runs_page).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def runs_page(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI page of an experiment's runs table. MLflow 3.17's UI opens in its GenAI mode
+    unless told otherwise (``workflowType``), whatever the experiment's kind tag says."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def get_or_create_experiment(client, name: str, uri: str) -> str:
