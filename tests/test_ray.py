@@ -3,6 +3,7 @@
 Two Ray nodes logging to an MLflow server: tests/test_cluster_mlflow.py.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -93,6 +94,24 @@ def _finished(uri, experiment):
         return []
 
 
+def _checkpoints_known_to_ray(experiment_dir: Path) -> set[str]:
+    """Trial ids whose checkpoint Ray's newest experiment-state snapshot records (what a restore uses).
+
+    The checkpoint manager is stored as a hex-encoded pickle: its bytes are searched, never unpickled.
+    """
+    known = set()
+    try:
+        newest = max(experiment_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+        for trial_state, metadata in json.loads(newest.read_text())["trial_data"]:
+            trial_id = json.loads(trial_state)["config"]["trial"]["trial_id"]
+            manager = json.loads(metadata).get("checkpoint_manager") or {}
+            if b"checkpoint_0" in bytes.fromhex(manager.get("value", "")):
+                known.add(trial_id)
+    except (ValueError, KeyError, OSError):  # no snapshot yet, or one being written
+        pass
+    return known
+
+
 def _interrupted_trial(uri, experiment, experiment_dir: Path, epochs: int):
     """A trial whose checkpoint Ray's experiment state has recorded, and whose MLflow run is unfinished
     with fewer than ``epochs`` epochs logged, while some other trial has finished."""
@@ -101,14 +120,10 @@ def _interrupted_trial(uri, experiment, experiment_dir: Path, epochs: int):
     runs = client.search_runs([exp.experiment_id]) if exp else []
     if not any(r.info.status == "FINISHED" for r in runs):
         return None
-    # Ray snapshots its experiment state every TUNE_GLOBAL_CHECKPOINT_S (1 s here): a snapshot written
-    # well after a checkpoint appeared knows it, so a restore continues from there.
-    states = list(experiment_dir.glob("experiment_state-*.json"))
-    snapshot = max((p.stat().st_mtime for p in states), default=0.0)
+    known = _checkpoints_known_to_ray(experiment_dir)
     for run in runs:
-        checkpoints = [p.stat().st_mtime for p in (experiment_dir / run.data.tags["trial_id"]).glob("checkpoint_*")]
         logged = len(client.get_metric_history(run.info.run_id, "train_loss"))
-        if run.info.status != "FINISHED" and checkpoints and min(checkpoints) + 0.3 < snapshot and logged < epochs:
+        if run.info.status != "FINISHED" and run.data.tags["trial_id"] in known and logged < epochs:
             return run.data.tags["trial_id"]
     return None
 
@@ -138,9 +153,9 @@ def _kill_mid_trial(driver: subprocess.Popen, uri: str, experiment: str, experim
 
 def test_a_retried_fault_and_a_driver_killed_mid_trial_then_resume_leave_one_run_per_trial(
         tmp_path, mnist_root, mlflow_uri):
-    # Trials run one at a time, in this order: `faulty` fails in its 2nd epoch on its first attempt and
-    # is retried by Ray; the driver is then killed in the middle of the first `g` trial (after Ray has
-    # recorded a checkpoint of it); `resume` finishes that one and runs the last.
+    # Trials run one at a time: `faulty` fails in its 2nd epoch on its first attempt and is retried by
+    # Ray; once some trial has finished, the driver is killed in the middle of another (after Ray has
+    # recorded a checkpoint of it); `resume` finishes that one and runs the rest.
     epochs = 4
     groups = """  - name: faulty
     set: {lr: 0.02, fail_at_epoch: 2}
@@ -161,7 +176,7 @@ def test_a_retried_fault_and_a_driver_killed_mid_trial_then_resume_leave_one_run
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
     finished_before = {r.data.tags["trial_id"]: r for r in _finished(mlflow_uri, "killed")}
-    assert interrupted not in finished_before and interrupted.startswith("g-")
+    assert interrupted not in finished_before
     newest_checkpoint = max(torch.load(p / "trial_state.pt", weights_only=False)["epoch"]
                             for p in (experiment_dir / interrupted).glob("checkpoint_*"))
 
@@ -188,9 +203,10 @@ def test_a_retried_fault_and_a_driver_killed_mid_trial_then_resume_leave_one_run
     for trial_id, run in finished_before.items():
         (after,) = by_trial[trial_id]
         assert after.info.end_time == run.info.end_time, "a finished trial was run again"
-    # Ray's retry of the fault went on from the epoch-1 checkpoint, with the error kept for the record
+    # Ray's retry of the fault went on from a checkpoint (epoch 1's, or a later one when the kill hit
+    # the retried trial: Ray may run other trials before a retry), with the error kept for the record
     (faulty,) = by_trial[next(t.trial_id for t in spec.trials if t.group == "faulty")]
-    assert faulty.data.tags.get("resumed_from_epoch") == "1"
+    assert int(faulty.data.tags.get("resumed_from_epoch", 0)) >= 1
     assert "injected failure in epoch 2" in faulty.data.tags["previous_error"] and "error" not in faulty.data.tags
     # the interrupted trial went on from a checkpoint it had written, not from scratch
     (run,) = by_trial[interrupted]
