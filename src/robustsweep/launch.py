@@ -221,6 +221,12 @@ def load_saved_sweep(name: str, storage_path: str | None = None) -> SavedSweep:
         ) from None
 
 
+def _ray_address(address: str | None) -> str:
+    """The Ray to run on: the given address, else RAY_ADDRESS when set, else "local", a new local Ray of
+    our own (Ray's own default, None, would attach to whatever `ray start` last ran on this machine)."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def _init_ray(address: str | None) -> None:
     import ray
 
@@ -228,9 +234,7 @@ def _init_ray(address: str | None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
-    # No address: RAY_ADDRESS when set, else a new local Ray of our own. Ray's own default (None)
-    # would attach to whatever `ray start` last ran on this machine.
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    address = _ray_address(address)
     try:
         # The package must be importable on every node; a cluster's image installs it (docker/).
         ray.init(address=address, include_dashboard=False if address == "local" else None,
@@ -318,8 +322,8 @@ def _collect(grid, trials: list[Trial], name: str, experiment_dir: str) -> Sweep
 
 
 def _local(address: str | None) -> bool:
-    """Whether trials run on this machine: a local Ray of our own (see _init_ray)."""
-    return (address or os.environ.get("RAY_ADDRESS") or "local") == "local"
+    """Whether trials run on this machine: a local Ray of our own."""
+    return _ray_address(address) == "local"
 
 
 def _launched_by_ray_up() -> bool:

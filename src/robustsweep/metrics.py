@@ -10,6 +10,18 @@ HESSIAN_TOP_EIG = "hessian_top_eig"
 HESSIAN_ITERS = "hessian_iters"
 ATTACKED_CLEAN_ACC = "attacked_clean_acc"
 
+#: Both datasets have 10 balanced classes; a constant prediction scores about 0.1 (MNIST's most
+#: frequent test class, the digit 1, is 11.35% of its test set).
+CHANCE_ACCURACY = 0.1
+#: A trained network whose clean accuracy is no more than this above chance has collapsed (it
+#: predicts nearly one class): attacks cannot lower it, so its attack ratio is ~1 and its Hessian
+#: ~0, which would read as the most robust, flattest trial. Such trials get outcome=collapsed.
+COLLAPSE_MARGIN = 0.05
+
+
+def is_collapsed(clean_accuracy: float) -> bool:
+    return clean_accuracy <= CHANCE_ACCURACY + COLLAPSE_MARGIN
+
 
 def eps_label(eps: float) -> str:
     return f"{eps:g}"

@@ -1,8 +1,8 @@
 """Checks that a sweep can run, made before anything is created.
 
-``launch`` and debug mode call :func:`check_sweep` first: a sweep that cannot
-run fails with one paragraph naming the problem and the fix, and leaves no
-MLflow experiment, no storage folder and no FAILED run behind. What is checked:
+``launch``, ``resume`` and debug mode call these first: a sweep that cannot run
+fails with one paragraph naming the problem and the fix, and leaves no MLflow
+experiment, no storage folder and no FAILED run behind. What is checked:
 
 * the number of trials (:data:`MAX_TRIALS` unless the user raises the limit),
   counted before the grid is expanded (see :func:`robustsweep.sweep.count_trials`);

@@ -48,19 +48,6 @@ class TrialOutcome:
 EpochCallback = Callable[[int, Mapping[str, float], Callable[[], dict[str, Any]]], None]
 
 
-#: Both datasets have 10 balanced classes; a constant prediction scores about 0.1 (MNIST's most
-#: frequent test class, the digit 1, is 11.35% of its test set).
-CHANCE_ACCURACY = 0.1
-#: A trained network whose clean accuracy is no more than this above chance has collapsed (it
-#: predicts nearly one class): attacks cannot lower it, so its attack ratio is ~1 and its Hessian
-#: ~0, which would read as the most robust, flattest trial. Such trials get outcome=collapsed.
-COLLAPSE_MARGIN = 0.05
-
-
-def is_collapsed(clean_accuracy: float) -> bool:
-    return clean_accuracy <= CHANCE_ACCURACY + COLLAPSE_MARGIN
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -276,7 +263,7 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
 
     final = evaluate(model, data, config, log)
     final["diverged"] = 0.0
-    collapsed = is_collapsed(final[keys.CLEAN_ACC])
+    collapsed = keys.is_collapsed(final[keys.CLEAN_ACC])
     final["collapsed"] = float(collapsed)
     if config.epochs not in run.logged_steps(keys.CLEAN_ACC):
         run.log_metrics(final, step=config.epochs)
@@ -288,8 +275,8 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
     outcome = "collapsed" if collapsed else "finished"
     tags = {"outcome": outcome}
     if collapsed:
-        tags["collapsed_reason"] = (f"clean accuracy {final[keys.CLEAN_ACC]:.4f} is within {COLLAPSE_MARGIN} of "
-                                    f"chance ({CHANCE_ACCURACY}): its attack ratios and curvature mean nothing")
+        tags["collapsed_reason"] = (f"clean accuracy {final[keys.CLEAN_ACC]:.4f} is within {keys.COLLAPSE_MARGIN} of "
+                                    f"chance ({keys.CHANCE_ACCURACY}): its attack ratios and curvature mean nothing")
         log(f"collapsed: {tags['collapsed_reason']}")
     run.set_tags(tags)
     run.finish("FINISHED")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..metrics import measurement_keys
+from ..metrics import CHANCE_ACCURACY, COLLAPSE_MARGIN, measurement_keys
 from .collect import SweepRuns, collect, for_analysis
 from .study_figures import STUDY_FIGURES, study_figure
 from .correlation import correlation_table
@@ -138,7 +138,7 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
     (out / "tables.md").write_text("\n".join(markdown))
     report.index.write_text(_PAGE.format(
         name=html.escape(runs.name), uri=html.escape(runs.tracking_uri), experiment=html.escape(runs.experiment),
-        n=len(df), attacks=html.escape(settings), problems=problems_html, sections="".join(sections),
+        n=len(df), margin=COLLAPSE_MARGIN, chance=CHANCE_ACCURACY, attacks=html.escape(settings), problems=problems_html, sections="".join(sections),
         correlation=corr_html))
     return report
 
@@ -159,7 +159,7 @@ Cells are mean ± sample standard deviation over seeds (n = number of runs); att
 clean accuracy on the attacked examples.</p>
 <h2>Attack settings</h2><p>{attacks}</p>
 <h2>Failed, diverged, collapsed and unfinished trials</h2>
-<p>A collapsed trial finished with clean accuracy within 0.05 of chance: attacks cannot lower it, so its
+<p>A collapsed trial finished with clean accuracy within {margin:g} of chance ({chance:g}): attacks cannot lower it, so its
 attack ratios and top eigenvalue are left out of the tables, figures and correlations.</p>{problems}
 {sections}
 <h2>Curvature and robustness</h2>

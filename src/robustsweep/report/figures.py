@@ -37,6 +37,8 @@ def _line_label(row: pd.Series, keys: list[str]) -> str:
         v = row[k]
         if k == "variant":
             parts.insert(0, str(v))
+        elif k == "schedule":
+            parts.append(str(v))  # "constant", "step": no key needed
         elif v not in ("-", None) and not (isinstance(v, float) and math.isnan(v)):
             parts.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
     return ", ".join(parts)
@@ -73,9 +75,13 @@ def batch_size_lines(runs: pd.DataFrame, metric: str) -> list[tuple[str, pd.Data
     line_keys = [k for k in ROW_KEYS if k != "batch_size"]
     if runs["lr_batch_ratio"].notna().any():
         line_keys.remove("lr")
-    agg = aggregate(runs, line_keys + ["batch_size"], [metric])
-    varying = [k for k in line_keys if agg[k].nunique(dropna=False) > 1]
-    keys = ["variant"] + [k for k in varying if k != "variant"]
+    varying = [k for k in line_keys if runs[k].nunique(dropna=False) > 1]
+    return lines_by(runs, ["variant"] + [k for k in varying if k != "variant"], metric)
+
+
+def lines_by(runs: pd.DataFrame, keys: list[str], metric: str) -> list[tuple[str, pd.DataFrame]]:
+    """(label, mean ± std over seeds per batch size, sorted) for each combination of ``keys``."""
+    agg = aggregate(runs, keys + ["batch_size"], [metric])
     return [(_line_label(line.iloc[0], keys), line.sort_values("batch_size"))
             for _, line in agg.groupby(keys, sort=True, dropna=False)]
 

@@ -17,8 +17,7 @@ from typing import Callable
 import pandas as pd
 
 from ..metrics import CLEAN_ACC, HESSIAN_TOP_EIG, attack_key
-from .figures import _panel_grid, _save, metric_label
-from .tables import aggregate
+from .figures import _panel_grid, _save, lines_by, metric_label
 
 
 def _plain(df: pd.DataFrame) -> pd.Series:
@@ -75,28 +74,11 @@ def study_runs(df: pd.DataFrame, figure: StudyFigure) -> pd.DataFrame:
     return mnist[figure.select(mnist)] if not mnist.empty else mnist
 
 
-def _label(row: pd.Series, keys: tuple[str, ...]) -> str:
-    parts = []
-    for key in keys:
-        value = row[key]
-        if key == "variant":
-            parts.insert(0, str(value))
-        elif key == "schedule":
-            parts.append(str(value))
-        elif value not in ("-", None):
-            parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
-    return ", ".join(parts)
-
-
 def study_lines(runs: pd.DataFrame, figure: StudyFigure, metric: str) -> list[tuple[str, pd.DataFrame]]:
     """(label, mean ± std over seeds per batch size) for each line of a panel."""
-    keys = tuple(k for k in figure.lines if runs[k].astype(str).nunique() > 1 or k == figure.compares)
+    keys = [k for k in figure.lines if runs[k].astype(str).nunique() > 1 or k == figure.compares]
     part = runs[runs[metric].notna()]
-    if part.empty:
-        return []
-    agg = aggregate(part, list(keys) + ["batch_size"], [metric])
-    return [(_label(line.iloc[0], keys), line.sort_values("batch_size"))
-            for _, line in agg.groupby(list(keys), sort=True, dropna=False)]
+    return lines_by(part, keys, metric) if not part.empty else []
 
 
 def study_figure(df: pd.DataFrame, figure: StudyFigure, eps_values: list[float], path: Path) -> Path | None:
