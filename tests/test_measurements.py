@@ -8,6 +8,7 @@ from torch.func import functional_call
 
 from robustsweep.attacks import attack_accuracy, build_attack, clean_accuracy
 from robustsweep.hessian import top_eigenvalue, top_eigenvalue_with_iterations
+from robustsweep.lanczos import top_eigenvalue_lanczos
 
 
 def _exact_hessian_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -30,30 +31,104 @@ def _data(n=40, d=5, k=3, seed=0):
     return torch.randn(n, d, generator=g), torch.randint(0, k, (n,), generator=g)
 
 
-def test_top_eigenvalue_matches_exact_hessian_of_softmax_regression():
+METHODS = pytest.mark.parametrize("method", ["lanczos", "power"])
+
+
+def _matrix_with_spectrum(values: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=g, dtype=torch.float64))
+    return q @ torch.diag(values) @ q.T
+
+
+def test_lanczos_meets_its_error_bound_on_a_known_spectrum_in_few_products():
+    # Top eigenvalue 1.0 with a gap of only 1% to a bulk that reaches down to -2: power iteration
+    # converges like 0.99^k (hundreds of products); Lanczos needs a few dozen.
+    values = torch.cat([torch.linspace(-2.0, 0.99, 299, dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)])
+    a = _matrix_with_spectrum(values)
+    start = torch.randn(300, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for tol in (1e-3, 1e-6):
+        result = top_eigenvalue_lanczos(lambda v: a @ v, start, tol=tol, max_iter=300)
+        assert abs(result.eigenvalue - 1.0) <= tol * 1.0  # the residual bound holds
+        assert result.residual <= tol * abs(result.eigenvalue)
+        assert result.iterations < 100
+
+
+def test_lanczos_is_exact_once_the_krylov_space_is_exhausted():
+    values = torch.tensor([-3.0, 0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
+    a = _matrix_with_spectrum(values, seed=2)
+    result = top_eigenvalue_lanczos(lambda v: a @ v, torch.ones(5, dtype=torch.float64), tol=0.0, max_iter=50)
+    assert result.iterations <= 5
+    assert result.eigenvalue == pytest.approx(4.0, abs=1e-10)
+
+
+@METHODS
+def test_top_eigenvalue_matches_exact_hessian_of_softmax_regression(method):
     torch.manual_seed(0)
     model = nn.Linear(5, 3)
     x, y = _data()
     exact = _exact_hessian_eigenvalues(model, x, y)
     # Softmax regression is convex: the top eigenvalue is also the largest in magnitude.
     assert exact.min() > -1e-8
-    got = top_eigenvalue(model, x, y, max_iter=1000, tol=1e-8)
-    assert got == pytest.approx(float(exact.max()), rel=0.01)
+    got = top_eigenvalue(model, x, y, max_iter=1000, tol=1e-8, method=method)
+    assert got == pytest.approx(float(exact.max()), rel=1e-4 if method == "lanczos" else 0.01)
 
 
-def test_top_eigenvalue_matches_exact_hessian_of_a_small_mlp():
+@METHODS
+def test_top_eigenvalue_matches_exact_hessian_of_a_small_mlp(method):
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
     x, y = _data(seed=1)
     exact = _exact_hessian_eigenvalues(model, x, y)
     # Power iteration converges to the eigenvalue of largest magnitude; here that is the top one.
     assert exact.max() > abs(exact.min())
-    result = top_eigenvalue_with_iterations(model, x, y, max_iter=1000, tol=1e-8)
-    assert result.eigenvalue == pytest.approx(float(exact.max()), rel=0.01)
+    result = top_eigenvalue_with_iterations(model, x, y, max_iter=1000, tol=1e-8, method=method)
+    assert result.eigenvalue == pytest.approx(float(exact.max()), rel=1e-4 if method == "lanczos" else 0.01)
     assert 1 < result.iterations <= 1000
 
 
-def test_top_eigenvalue_restores_mode_clears_grads_and_skips_unused_parameters():
+def test_lanczos_top_eigenvalue_of_a_nonconvex_loss_is_the_largest_not_the_largest_in_magnitude():
+    # An untrained MLP's Hessian can have a negative eigenvalue larger in magnitude than the top one:
+    # Lanczos must still return the top (algebraically largest) eigenvalue, "the largest eigenvalue".
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)  # large weights: saturated tanh units give negative curvature
+    x, y = _data()
+    exact = _exact_hessian_eigenvalues(model, x, y)
+    assert abs(exact.min()) > exact.max() > 0  # here: about -0.58 and 0.52
+    got = top_eigenvalue(model, x, y, max_iter=200, tol=1e-8)
+    assert got == pytest.approx(float(exact.max()), rel=1e-4)
+
+
+def test_lanczos_chunks_add_up_to_the_mean_loss_hessian_and_beat_power_iteration():
+    # Chunking the retained graphs (the trial passes eval_batch_size) must not change the operator;
+    # and on a real conv net Lanczos needs far fewer Hessian-vector products than PyHessian's power
+    # iteration for at least the same accuracy.
+    from robustsweep.models import M1
+
+    torch.manual_seed(0)
+    model = M1()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(60, 1, 28, 28, generator=g), torch.randint(0, 10, (60,), generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(30):  # a little training, so the top eigenvalue is positive and dominant
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    whole = top_eigenvalue_with_iterations(model, x, y, tol=1e-6, max_iter=60)
+    chunked = top_eigenvalue_with_iterations(model, x, y, tol=1e-6, max_iter=60, chunk_size=7)
+    assert chunked.eigenvalue == pytest.approx(whole.eigenvalue, rel=1e-5)
+    lanczos = top_eigenvalue_with_iterations(model, x, y, tol=1e-3)
+    assert lanczos.eigenvalue == pytest.approx(whole.eigenvalue, rel=1e-3)
+    # Power iteration's stop rule (relative change) needs a much tighter tol to be as accurate.
+    power = top_eigenvalue_with_iterations(model, x, y, method="power", tol=1e-6, max_iter=300)
+    assert power.eigenvalue == pytest.approx(whole.eigenvalue, rel=1e-3)
+    assert lanczos.iterations < power.iterations
+
+
+@METHODS
+def test_top_eigenvalue_restores_mode_clears_grads_and_skips_unused_parameters(method):
     torch.manual_seed(0)
 
     class WithUnused(nn.Module):
@@ -68,21 +143,23 @@ def test_top_eigenvalue_restores_mode_clears_grads_and_skips_unused_parameters()
     model = WithUnused().train()
     x, y = _data()
     exact = _exact_hessian_eigenvalues(model.used, x, y)
-    got = top_eigenvalue(model, x, y, max_iter=500, tol=1e-8)
+    got = top_eigenvalue(model, x, y, max_iter=500, tol=1e-8, method=method)
     assert got == pytest.approx(float(exact.max()), rel=0.01)
     assert model.training
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
 
 
-def test_top_eigenvalue_is_seeded_and_leaves_the_global_rng_alone():
+@METHODS
+def test_top_eigenvalue_is_seeded_and_leaves_the_global_rng_alone(method):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
     x, y = _data()
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    a = top_eigenvalue(model, x, y, max_iter=5, tol=0.0, seed=7)
+    a = top_eigenvalue(model, x, y, max_iter=3, tol=0.0, seed=7, method=method)
     assert torch.equal(before, torch.get_rng_state())
-    assert a == top_eigenvalue(model, x, y, max_iter=5, tol=0.0, seed=7)
+    assert a == top_eigenvalue(model, x, y, max_iter=3, tol=0.0, seed=7, method=method)
+    assert a != top_eigenvalue(model, x, y, max_iter=3, tol=0.0, seed=8, method=method)
 
 
 class _TinyImageModel(nn.Module):
@@ -171,6 +248,21 @@ def test_eps_zero_gives_clean_accuracy(attack):
     model = _TinyImageModel()
     x, y = _images()
     assert attack_accuracy(model, x, y, attack, 0.0, batch_size=16) == clean_accuracy(model, x, y)
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_attack_accuracy_does_not_depend_on_batch_size_or_memory_format(attack):
+    # eval_batch_size defaults per device and trials keep M1 channels-last: neither may move a result.
+    from robustsweep.models import M1
+
+    torch.manual_seed(0)
+    model = M1()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(90, 1, 28, 28, generator=g), torch.randint(0, 10, (90,), generator=g)
+    reference = attack_accuracy(model, x, y, attack, 0.1, steps=3, batch_size=90)
+    assert attack_accuracy(model, x, y, attack, 0.1, steps=3, batch_size=13) == reference
+    model = model.to(memory_format=torch.channels_last)
+    assert attack_accuracy(model, x, y, attack, 0.1, steps=3, batch_size=32) == reference
 
 
 def test_attack_accuracy_is_a_fraction_and_restores_training_mode():

@@ -1,6 +1,7 @@
 """`robustsweep report` from a real MLflow store filled by a real (debug-mode) sweep."""
 
 import itertools
+import json
 import math
 import re
 import shutil
@@ -269,3 +270,69 @@ def test_study_figures_select_by_setting_and_merge_baselines_across_groups():
     assert labels[5] == ["constant, lr=0.01", "constant, lr=0.1", "step, lr=0.01", "step, lr=0.1"]
     assert all(len(line) == 2 for f in figures.values()
                for _, line in study_lines(study_runs(df, f), f, "clean_acc"))
+
+
+def test_exported_runs_rebuild_the_store_and_launch_skips_them(filled_store, tmp_path, capsys):
+    # The study-run workflow on a fresh machine: the committed export is imported into an empty
+    # store, the report is the same, and launching the sweep trains nothing that finished.
+    path, uri = filled_store
+    runs_file = tmp_path / "results" / "runs.jsonl"
+    assert main(["export", str(path), "--out", str(runs_file)]) == 0
+    assert "exported 10 finished runs of sweep rep (10 trials)" in capsys.readouterr().out
+    records = [json.loads(line) for line in runs_file.read_text().splitlines()]
+    assert [r["trial_id"] for r in records] == sorted(r["trial_id"] for r in records)
+    assert runs_file.stat().st_size < 10 * 1024 * len(records)  # a few kB a run: no weights
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    fresh_uri = f"sqlite:///{fresh / 'mlflow.db'}"
+    assert main(["import", str(runs_file), str(path), "--tracking-uri", fresh_uri]) == 0
+    assert "imported 10 runs of sweep rep" in capsys.readouterr().out
+    assert main(["import", str(runs_file), str(path), "--tracking-uri", fresh_uri]) == 0  # idempotent
+    again = capsys.readouterr().out
+    assert "imported 0 runs" in again and "10 skipped" in again
+
+    before, after = tmp_path / "before", tmp_path / "after"
+    assert main(["report", str(path), "--out", str(before)]) == 0
+    assert main(["report", str(path), "--out", str(after), "--tracking-uri", fresh_uri]) == 0
+    columns = ["trial_id", "outcome", "clean_acc", "pgd_acc_eps0.15", "fgsm_ratio_eps0.03", "hessian_top_eig",
+               "diverged", "collapsed"]
+    old = pd.read_csv(before / "runs.csv")[columns].sort_values("trial_id").reset_index(drop=True)
+    new = pd.read_csv(after / "runs.csv")[columns].sort_values("trial_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, new)
+    def tables(folder):  # all but the line naming the store, and the run ids (new in the new store)
+        return [re.sub(r"\b[0-9a-f]{32}\b", "<run>", line) for line in (folder / "tables.md").read_text().splitlines()
+                if not line.startswith("MLflow:")]
+    assert tables(before) == tables(after)
+    client = MlflowClient(fresh_uri)
+    exp = client.get_experiment_by_name("rep")
+    imported = client.search_runs([exp.experiment_id])
+    assert len(imported) == 10 and all(r.info.status == "FINISHED" for r in imported)
+    one = next(r for r in imported if r.data.tags.get("outcome") == "finished")
+    original = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("rep").experiment_id],
+        filter_string=f"tags.trial_id = '{one.data.tags['trial_id']}'")[0]
+    assert one.data.params == original.data.params
+    assert ([m.value for m in client.get_metric_history(one.info.run_id, "test_acc")]
+            == [m.value for m in MlflowClient(uri).get_metric_history(original.info.run_id, "test_acc")])
+    assert one.info.run_name == original.info.run_name and len(one.inputs.dataset_inputs) == 2
+
+    # the sweep launched against the rebuilt store trains nothing: every trial is already finished
+    text = path.read_text().replace(uri, fresh_uri)
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(text)
+    capsys.readouterr()
+    assert main(["launch", str(moved), "--debug"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("already finished") == 10
+    assert len(client.search_runs([exp.experiment_id])) == 10
+
+
+def test_a_damaged_export_is_a_clear_error(tmp_path, filled_store, capsys):
+    path, _ = filled_store
+    bad = tmp_path / "runs.jsonl"
+    bad.write_text('{"format": "robustsweep-runs/1"}\nnot json\n')
+    assert main(["import", str(bad), str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert "line 2, is not JSON" in err and "Traceback" not in err
+    assert main(["import", str(tmp_path / "none.jsonl"), str(path)]) == 2
+    assert "No exported runs at" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from robustsweep.cli import main
+from robustsweep.errors import ConfigError
 from robustsweep.sweep import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +111,68 @@ def test_table1_expands_to_the_studys_full_grid(capsys):
     assert all(c.lr_milestones == (60,) and c.lr_gamma == 0.1 for c in step)
     assert main(["validate", str(REPO / "sweeps" / "table1.yaml")]) == 0
     assert "160 trials" in capsys.readouterr().out
+
+
+def test_group_seeds_override_the_sweeps_and_default_settings_leave_trial_ids_alone(tmp_path):
+    spec = load_sweep(_write(tmp_path, VALID.replace("    grid: {lr: [0.01, 0.1], batch_size: [32, 64]}",
+                                                     "    grid: {lr: [0.01, 0.1], batch_size: [32, 64]}\n"
+                                                     "    seeds: [3, 4, 5]")), base_dir=tmp_path)
+    assert [r[:2] for r in spec.summary()] == [("g1", 12), ("g2", 4)]
+    assert {t.config.seed for t in spec.trials if t.group == "g1"} == {3, 4, 5}
+    assert {t.config.seed for t in spec.trials if t.group == "g2"} == {0, 1}
+    assert "seed[3]" in spec.summary()[0][2]
+    # Naming a setting at its default does not change what is trained, so not the trial's id either:
+    # ids stay stable when a later version adds a setting whose default keeps the old behaviour.
+    plain = load_sweep(_write(tmp_path, VALID), base_dir=tmp_path)
+    explicit = load_sweep(_write(tmp_path, VALID.replace("epochs: 1}", "epochs: 1, channels_last: true, "
+                                                         "hessian_method: lanczos}"), "e.yaml"), base_dir=tmp_path)
+    assert [t.trial_id for t in explicit.trials] == [t.trial_id for t in plain.trials]
+    # A setting added later, at a default that keeps the old behaviour, leaves every id as it was.
+    from robustsweep import sweep as sweep_module
+    from robustsweep.config import TrialConfig
+
+    original = TrialConfig.to_dict
+    try:
+        TrialConfig.to_dict = lambda self: {**original(self), "setting_of_a_later_version": "off"}
+        sweep_module._default_settings.cache_clear()
+        later = load_sweep(_write(tmp_path, VALID), base_dir=tmp_path)
+    finally:
+        TrialConfig.to_dict = original
+        sweep_module._default_settings.cache_clear()
+    assert [t.trial_id for t in later.trials] == [t.trial_id for t in plain.trials]
+    other = load_sweep(_write(tmp_path, VALID.replace("epochs: 1}", "epochs: 1, channels_last: false}"), "o.yaml"),
+                       base_dir=tmp_path)
+    assert not {t.trial_id for t in other.trials} & {t.trial_id for t in plain.trials}
+    with pytest.raises(ConfigError, match=r"groups\[0\]\.seeds: seeds repeat"):
+        load_sweep(_write(tmp_path, VALID.replace("    set: {variant: sgd}", "    set: {variant: sgd}\n    seeds: [1, 1]"),
+                          "r.yaml"))
+
+
+def test_the_cpu_study_file_is_table1s_mnist_grid_at_a_stated_scale_with_seeds_for_conclusion_1(capsys):
+    # Derived in the comment at the top of sweeps/table1-mnist-cpu.yaml: 144 trials at seed 0,
+    # 36 more at seeds 1 and 2 for plain SGD at constant lr and at constant lr/bs.
+    from robustsweep.trial import lr_at_epoch
+
+    study = load_sweep(REPO / "sweeps" / "table1-mnist-cpu.yaml")
+    table1 = load_sweep(REPO / "sweeps" / "table1.yaml")
+    assert len(study.trials) == 180
+
+    def science(config):
+        return repr((config.variant, config.batch_size, config.effective_lr, config.lr_batch_ratio, config.momentum,
+                     config.weight_decay, config.schedule, config.betas))
+    seed0 = [t.config for t in study.trials if t.config.seed == 0]
+    table1_mnist = [t.config for t in table1.trials if t.config.dataset == "mnist"]
+    assert sorted(map(science, seed0)) == sorted(map(science, table1_mnist))
+    extra = [t for t in study.trials if t.config.seed != 0]
+    assert len(extra) == 36 and {t.group for t in extra} == {"mnist-constant-lr-sgd", "mnist-ratio-sgd"}
+    assert all(t.config.variant == "sgd" for t in extra)
+    assert all((c.epochs, c.subset, c.attack_subset, c.pgd_steps, c.hessian_samples) == (6, 30000, 2000, 20, 1000)
+               for c in (t.config for t in study.trials))
+    # the step schedule scaled with the epochs: still halved twice, at 1/3 and 2/3 of training
+    step = next(t.config for t in study.trials if t.config.schedule == "step")
+    assert [lr_at_epoch(step, e) / step.effective_lr for e in range(6)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    assert main(["validate", str(REPO / "sweeps" / "table1-mnist-cpu.yaml")]) == 0
+    assert "180 trials (seeds 0, 1, 2)" in capsys.readouterr().out
 
 
 def test_smoke_sweep_validates():

@@ -76,8 +76,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .sweep import load_sweep
 
     spec = load_sweep(args.sweep, max_trials=args.max_trials)
+    seeds = sorted({seed for group in spec.groups for seed in group.seeds})
     print(f"{args.sweep}: sweep {spec.name!r} is valid: {len(spec.trials)} trials "
-          f"({len(spec.seeds)} seed{'s' if len(spec.seeds) > 1 else ''}), MLflow {spec.tracking_uri} "
+          f"(seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}), MLflow {spec.tracking_uri} "
           f"[{spec.experiment}], storage {spec.storage_path}")
     _print_table([(name, f"{count:>5} trials   {axes}") for name, count, axes in spec.summary()], "groups:")
     return 0
@@ -156,6 +157,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .archive import export_runs
+    from .launch import resolve_sweep
+
+    name, uri, experiment, trials = resolve_sweep(args.sweep, args.tracking_uri, args.storage_path)
+    count = export_runs(uri, experiment, name, args.out)
+    print(f"exported {count} finished runs of sweep {name} ({len(trials)} trials) from {uri} to {args.out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .archive import import_runs
+    from .launch import resolve_sweep
+
+    name, uri, experiment, trials = resolve_sweep(args.sweep, args.tracking_uri, args.storage_path)
+    result = import_runs(args.runs, uri, experiment, name)
+    print(f"imported {result.imported} runs of sweep {name} into {uri} [{experiment}]; {result.skipped} skipped "
+          f"(their trials already have a FINISHED run there). `robustsweep launch` now runs only the other "
+          f"{len(trials) - result.imported - result.skipped} trials.")
+    return 0
+
+
 def cmd_options(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -222,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--log-to-mlflow", action="store_true",
                         help="also attach the report to a summary run in the sweep's experiment")
     report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="write a sweep's finished MLflow runs to a JSON-lines file to commit")
+    export.add_argument("sweep", help="sweep YAML file, or the name of a launched sweep")
+    export.add_argument("--out", required=True, help="file to write, e.g. results/<sweep>/runs.jsonl")
+    export.add_argument("--tracking-uri", default=None, help="MLflow store to read (default: the sweep's)")
+    export.add_argument("--storage-path", default=None, help="where a sweep given by name was launched")
+    export.set_defaults(func=cmd_export)
+
+    imp = sub.add_parser("import", help="recreate exported runs in a sweep's MLflow store (launch then skips them)")
+    imp.add_argument("runs", help="file written by `robustsweep export`")
+    imp.add_argument("sweep", help="sweep YAML file, or the name of a launched sweep")
+    imp.add_argument("--tracking-uri", default=None, help="MLflow store to write (default: the sweep's)")
+    imp.add_argument("--storage-path", default=None, help="where a sweep given by name was launched")
+    imp.set_defaults(func=cmd_import)
 
     options = sub.add_parser("options", help="list every trial setting with its default and meaning")
     options.set_defaults(func=cmd_options)

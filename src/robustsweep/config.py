@@ -68,6 +68,10 @@ DEFAULT_NOISE_STD = 1.0
 #: The model each dataset is trained with in the study.
 MODEL_FOR_DATASET = {"mnist": "m1", "cifar10": "vgg11"}
 DATA_ROOT_ENV = "ROBUSTSWEEP_DATA_ROOT"
+#: Evaluation batch sizes when eval_batch_size is None: the fastest for M1 in bench/side_by_side.py
+#: on each device (accuracies and the eigenvalue do not depend on it).
+EVAL_BATCH_CPU = 256
+EVAL_BATCH_CUDA = 1024
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -153,11 +157,24 @@ class TrialConfig:
     pgd_steps: int = _opt(20, "PGD iterations.")
     pgd_step_size: Optional[float] = _opt(None, "PGD step size (None = 2.5 * eps / pgd_steps, Madry et al. 2018).")
     attack_subset: int = _opt(0, "Attack the first N test examples only (0 = the whole test set).")
-    eval_batch_size: int = _opt(1000, "Batch size for test accuracy and attacks.")
+    eval_batch_size: Optional[int] = _opt(
+        None, "Examples per batch for test accuracy, attacks and the Hessian's retained graphs (None = per device: "
+              f"{EVAL_BATCH_CPU} on a CPU, {EVAL_BATCH_CUDA} on a GPU, the fastest measured in bench/; results "
+              "do not depend on it)."
+    )
     hessian_samples: int = _opt(1000, "Fixed, seeded sample of training examples for the Hessian eigenvalue.")
+    hessian_method: Literal["lanczos", "power"] = _opt(
+        "lanczos", "Top Hessian eigenvalue by Lanczos on Hessian-vector products, or 'power': PyHessian's "
+                   "power iteration (see robustsweep/hessian.py)."
+    )
     # PyHessian's own defaults (maxIter=100, tol=1e-3).
-    hessian_iters: int = _opt(100, "Maximum power iterations for the top Hessian eigenvalue (PyHessian default).")
-    hessian_tol: float = _opt(1e-3, "Relative tolerance between power iterations (PyHessian default).")
+    hessian_iters: int = _opt(100, "Maximum Hessian-vector products for the top eigenvalue (PyHessian's maxIter).")
+    hessian_tol: float = _opt(1e-3, "Lanczos: bound on the eigenvalue's relative error (its residual); power: "
+                                    "relative change between iterations (PyHessian's tol).")
+    cuda_fast_math: bool = _opt(False, "GPU only: TensorFloat-32 matmuls and convolutions and cuDNN's benchmark "
+                                       "mode (faster, but the low bits of results change; see bench/).")
+    channels_last: bool = _opt(True, "Keep convolution weights in channels-last (NHWC) memory: about 1.4x faster "
+                                     "training and 2.5x faster attacks on a CPU (bench/); false = PyTorch's NCHW.")
 
     # ---- tracking ---------------------------------------------------------
     mlflow_tracking_uri: str = _opt("sqlite:///mlflow.db", "MLflow tracking URI (SQLite file, or http://host:port).")
@@ -169,6 +186,12 @@ class TrialConfig:
     )
 
     # -----------------------------------------------------------------------
+    def eval_batch_for(self, device_type: str) -> int:
+        """eval_batch_size, or the device's default when it is None."""
+        if self.eval_batch_size is not None:
+            return self.eval_batch_size
+        return EVAL_BATCH_CUDA if device_type == "cuda" else EVAL_BATCH_CPU
+
     def resolved(self) -> "TrialConfig":
         """Fill every dataset-dependent default with the study's value and validate the whole."""
         cifar = self.dataset == "cifar10"

@@ -1,6 +1,19 @@
-"""Top eigenvalue of the training-loss Hessian with PyHessian's power iteration.
+"""Top eigenvalue of the training-loss Hessian: Lanczos on Hessian-vector products, or PyHessian.
 
-PyHessian 0.1 (the 2021 PyPI release) has sharp edges, each handled here:
+The Hessian is that of the mean cross-entropy over the given examples, with
+the model in eval mode (BatchNorm uses its running statistics), as PyHessian
+computes it. Two methods, chosen by the trial setting ``hessian_method``:
+
+``lanczos`` (the default): the gradient is built once with ``create_graph=True``
+(in chunks of examples, weighted so they sum to the mean loss) and every
+Hessian-vector product back-propagates through that retained graph (Pearlmutter's
+trick, the same product PyHessian computes); :mod:`robustsweep.lanczos` finds
+the top eigenvalue in a fraction of power iteration's products, with a
+guaranteed relative error bound ``tol`` (see there).
+
+``power``: PyHessian 0.1's power iteration (the 2021 PyPI release; its stop
+rule is the relative change between iterates, ``tol``). It has sharp edges,
+each handled here:
 
 * it puts the model in eval mode and leaves it there: the mode is restored;
 * it back-propagates with ``create_graph=True`` into ``.grad``: gradients are
@@ -12,9 +25,8 @@ PyHessian 0.1 (the 2021 PyPI release) has sharp edges, each handled here:
 * it does not report how many iterations it used: we count its
   Hessian-vector products.
 
-The Hessian is that of the mean cross-entropy over the given examples, with
-the model in eval mode (BatchNorm uses its running statistics), as PyHessian
-computes it.
+Power iteration converges to the eigenvalue of largest magnitude; Lanczos
+returns the largest (algebraic) one. For a trained network they are the same.
 """
 
 from __future__ import annotations
@@ -28,8 +40,13 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .lanczos import top_eigenvalue_lanczos
+
 # `pyhessian/__init__` rebinds `pyhessian.hessian` to the class, so fetch the module itself.
 _pyhessian_module = importlib.import_module("pyhessian.hessian")
+
+
+HESSIAN_METHODS = ("lanczos", "power")
 
 
 @dataclass(frozen=True)
@@ -63,8 +80,11 @@ def _params_without_gradient(model: nn.Module, inputs: torch.Tensor, targets: to
 
 
 def top_eigenvalue_with_iterations(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
-                                   max_iter: int = 100, tol: float = 1e-3, seed: int = 0) -> EigenResult:
-    """Like :func:`top_eigenvalue`, also returning the number of power iterations PyHessian used."""
+                                   max_iter: int = 100, tol: float = 1e-3, seed: int = 0, method: str = "lanczos",
+                                   chunk_size: int = 0) -> EigenResult:
+    """Like :func:`top_eigenvalue`, also returning the number of Hessian-vector products used."""
+    if method not in HESSIAN_METHODS:
+        raise ValueError(f"unknown Hessian method {method!r}: allowed are {', '.join(HESSIAN_METHODS)}")
     was_training = model.training
     device = inputs.device
     model.eval()
@@ -72,34 +92,70 @@ def top_eigenvalue_with_iterations(model: nn.Module, inputs: torch.Tensor, targe
     for p in frozen:
         p.requires_grad_(False)
     model.zero_grad(set_to_none=True)
-    devices = [device] if device.type == "cuda" else []
     try:
-        # PyHessian draws its start vector from the global RNG: fork it, so the caller's stream is untouched.
-        with torch.random.fork_rng(devices=devices), _count_hvps() as hvps, warnings.catch_warnings():
-            # PyHessian's backward(create_graph=True) warns of a grad<->param cycle; the finally below
-            # resets .grad to None, which is the remedy the warning asks for.
-            warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
-            torch.manual_seed(seed)
-            hess = _pyhessian_module.hessian(
-                model, nn.CrossEntropyLoss(), data=(inputs, targets), cuda=device.type == "cuda"
-            )
-            eigenvalues, _ = hess.eigenvalues(maxIter=max_iter, tol=tol, top_n=1)
-            del hess
+        if method == "lanczos":
+            return _lanczos(model, inputs, targets, max_iter, tol, seed, chunk_size or len(targets))
+        return _pyhessian_power(model, inputs, targets, max_iter, tol, seed, device)
     finally:
         model.zero_grad(set_to_none=True)
         for p in frozen:
             p.requires_grad_(True)
         model.train(was_training)
+
+
+def _lanczos(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, max_iter: int, tol: float, seed: int,
+             chunk_size: int) -> EigenResult:
+    params = [p for p in model.parameters() if p.requires_grad]
+    n = len(targets)
+    grads = []
+    for start in range(0, n, chunk_size):
+        # Sum-reduced and divided by n: the chunks' losses add up to the mean over all n examples.
+        loss = nn.functional.cross_entropy(model(inputs[start:start + chunk_size]),
+                                           targets[start:start + chunk_size], reduction="sum") / n
+        grads.append(torch.autograd.grad(loss, params, create_graph=True))
+    sizes = [p.numel() for p in params]
+
+    def hessian_vector_product(v: torch.Tensor) -> torch.Tensor:
+        pieces = [piece.view(p.shape) for piece, p in zip(v.split(sizes), params)]
+        total = torch.zeros_like(v)
+        for g in grads:
+            hv = torch.autograd.grad(g, params, grad_outputs=pieces, retain_graph=True, allow_unused=True)
+            total += torch.cat([torch.zeros(p.numel(), device=v.device, dtype=v.dtype) if h is None
+                                else h.reshape(-1) for h, p in zip(hv, params)])
+        return total
+
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.randn(sum(sizes), generator=generator).to(device=inputs.device, dtype=params[0].dtype)
+    with torch.no_grad():
+        result = top_eigenvalue_lanczos(hessian_vector_product, start, max_iter=max_iter, tol=tol)
+    return EigenResult(result.eigenvalue, result.iterations)
+
+
+def _pyhessian_power(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, max_iter: int, tol: float,
+                     seed: int, device: torch.device) -> EigenResult:
+    devices = [device] if device.type == "cuda" else []
+    # PyHessian draws its start vector from the global RNG: fork it, so the caller's stream is untouched.
+    with torch.random.fork_rng(devices=devices), _count_hvps() as hvps, warnings.catch_warnings():
+        # PyHessian's backward(create_graph=True) warns of a grad<->param cycle; the caller's finally
+        # resets .grad to None, which is the remedy the warning asks for.
+        warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+        torch.manual_seed(seed)
+        hess = _pyhessian_module.hessian(
+            model, nn.CrossEntropyLoss(), data=(inputs, targets), cuda=device.type == "cuda"
+        )
+        eigenvalues, _ = hess.eigenvalues(maxIter=max_iter, tol=tol, top_n=1)
+        del hess
     return EigenResult(float(eigenvalues[0]), hvps[0])
 
 
 def top_eigenvalue(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, **options) -> float:
     """Largest eigenvalue of the Hessian of the mean cross-entropy loss of ``model`` on (inputs, targets).
 
-    Options: ``max_iter`` (default 100), ``tol`` (relative change between
-    iterations, default 1e-3; both PyHessian's defaults) and ``seed`` for the
-    start vector. Power iteration finds the eigenvalue of largest magnitude,
-    which for a trained network is the top (positive) one.
+    Options: ``method`` ("lanczos", default, or "power" for PyHessian's power
+    iteration), ``max_iter`` (Hessian-vector products, default 100), ``tol``
+    (default 1e-3: Lanczos' relative residual bound, or power iteration's
+    relative change between iterates), ``seed`` for the start vector and
+    ``chunk_size`` (Lanczos: examples per retained graph, 0 = all at once).
     """
     return top_eigenvalue_with_iterations(model, inputs, targets, **options).eigenvalue
 

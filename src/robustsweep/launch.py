@@ -26,7 +26,7 @@ from typing import Any, Callable
 from .errors import UserError
 from .preflight import check_data, check_resources, check_storage
 from .storage import driver_record, driver_state, storage_file
-from .sweep import SAFE_NAME, SweepSpec, Trial
+from .sweep import SAFE_NAME, SweepSpec, Trial, load_sweep
 from .tracking import check_server, filter_value, get_or_create_experiment, make_client
 
 SWEEP_FILE = "robustsweep-sweep.json"
@@ -219,6 +219,16 @@ def load_saved_sweep(name: str, storage_path: str | None = None) -> SavedSweep:
             f"launch the sweep file again with the same name and storage: trials already FINISHED in MLflow are "
             f"not trained twice."
         ) from None
+
+
+def resolve_sweep(sweep: str, tracking_uri: str | None = None,
+                  storage_path: str | None = None) -> tuple[str, str, str, list[Trial]]:
+    """(name, tracking uri, experiment, trials) of a sweep file, or of a launched sweep given by name."""
+    if sweep.endswith((".yaml", ".yml")) or Path(sweep).is_file():
+        spec = load_sweep(sweep)
+        return spec.name, tracking_uri or spec.tracking_uri, spec.experiment, list(spec.trials)
+    saved = load_saved_sweep(sweep, storage_path)
+    return saved.name, tracking_uri or saved.tracking_uri, saved.experiment, saved.trials
 
 
 def _ray_address(address: str | None) -> str:

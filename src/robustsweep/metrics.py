@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 #: Per-epoch learning-curve metrics (MLflow step = epoch, 1-based).
-EPOCH_METRICS = ("train_loss", "train_acc", "test_acc", "lr", "epoch_seconds")
+EPOCH_METRICS = ("train_loss", "train_acc", "test_acc", "lr", "epoch_seconds", "test_seconds")
 #: Final metrics that do not depend on eps (step = last epoch).
 CLEAN_ACC = "clean_acc"
 HESSIAN_TOP_EIG = "hessian_top_eig"
 HESSIAN_ITERS = "hessian_iters"
 ATTACKED_CLEAN_ACC = "attacked_clean_acc"
+#: Peak GPU memory of the trial's process, MiB (GPU trials only).
+PEAK_GPU_MIB = "peak_gpu_mib"
+#: The end-of-trial phases whose wall seconds are logged as ``seconds_<phase>`` (all eps together).
+EVAL_PHASES = ("clean_eval", "fgsm", "pgd", "hessian")
 
 #: Both datasets have 10 balanced classes; a constant prediction scores about 0.1 (MNIST's most
 #: frequent test class, the digit 1, is 11.35% of its test set).
@@ -21,6 +25,15 @@ COLLAPSE_MARGIN = 0.05
 
 def is_collapsed(clean_accuracy: float) -> bool:
     return clean_accuracy <= CHANCE_ACCURACY + COLLAPSE_MARGIN
+
+
+def phase_seconds_key(phase: str) -> str:
+    return f"seconds_{phase}"
+
+
+def is_timing(key: str) -> bool:
+    """Wall-clock metrics (epoch_seconds, test_seconds, seconds_pgd, ...): they differ between identical runs."""
+    return key.endswith("_seconds") or key.startswith("seconds_")
 
 
 def eps_label(eps: float) -> str:
@@ -43,4 +56,4 @@ def measurement_keys(eps: tuple[float, ...] | list[float]) -> list[str]:
 
 def final_metric_keys(eps: tuple[float, ...] | list[float]) -> list[str]:
     """Every metric a finished trial logs at its last epoch."""
-    return measurement_keys(eps) + [ATTACKED_CLEAN_ACC, HESSIAN_ITERS]
+    return measurement_keys(eps) + [ATTACKED_CLEAN_ACC, HESSIAN_ITERS] + [phase_seconds_key(p) for p in EVAL_PHASES]

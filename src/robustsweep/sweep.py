@@ -23,6 +23,7 @@ A sweep file (``sweeps/*.yaml``)::
           - {momentum: 0.9}
           - {weight_decay: 0.005}
         resources: {gpu: 0.5}      # optional, overrides the sweep's per-trial resources
+        seeds: [0, 1, 2]           # optional, overrides the sweep's seeds for this group
 
 A trial = base + set + one point (if any) + one grid point + one seed. Unknown keys, wrong types,
 impossible values, empty grid axes and duplicate trials are rejected with a
@@ -33,6 +34,7 @@ bad value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -49,7 +51,7 @@ from .tracking import normalize_tracking_uri
 
 _TOP_KEYS = {"name", "description", "storage_path", "mlflow", "resources", "max_concurrent", "max_failures",
              "seeds", "base", "groups"}
-_GROUP_KEYS = {"name", "description", "set", "grid", "points", "resources"}
+_GROUP_KEYS = {"name", "description", "set", "grid", "points", "resources", "seeds"}
 #: Settings that say where things are, not what is trained: left out of trial ids.
 _LOCATION_KEYS = {"data_root", "download", "verify_checksums", "device", "mlflow_tracking_uri", "mlflow_experiment"}
 _RESOURCE_KEYS = {"cpu", "gpu"}
@@ -94,6 +96,7 @@ class Group:
     resources: Resources
     description: str = ""
     points: tuple[dict[str, Any], ...] = ({},)
+    seeds: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
@@ -126,8 +129,8 @@ class SweepSpec:
             count = sum(1 for t in self.trials if t.group == g.name)
             axes = [f"points[{len(g.points)}]"] if len(g.points) > 1 else []
             axes = " x ".join(axes + [f"{k}[{len(v)}]" for k, v in g.grid.items()]) or "single point"
-            if len(self.seeds) > 1:
-                axes += f" x seed[{len(self.seeds)}]"
+            if len(g.seeds) > 1:
+                axes += f" x seed[{len(g.seeds)}]"
             rows.append((g.name, count, axes))
         return rows
 
@@ -178,6 +181,15 @@ class _Where:
             raise self.error(path, "a trial needs some CPU or GPU (cpu > 0 or gpu > 0).")
         return Resources(**out)
 
+    def seeds(self, value: Any, path: str) -> tuple[int, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.error(path, f"expected a non-empty list of integers, got {value!r}.")
+        for i, s in enumerate(value):
+            self.integer(s, f"{path}[{i}]", 0)
+        if len(set(value)) != len(value):
+            raise self.error(path, f"seeds repeat: {value}.")
+        return tuple(value)
+
     def settings(self, value: Any, path: str) -> dict[str, Any]:
         data = self.mapping(value, path, set(FIELDS))
         out = {}
@@ -198,6 +210,23 @@ def _absolute_paths(settings: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     if "mlflow_tracking_uri" in out:
         out["mlflow_tracking_uri"] = normalize_tracking_uri(out["mlflow_tracking_uri"], base_dir)
     return out
+
+
+def _science(config: TrialConfig) -> dict[str, Any]:
+    """The settings that identify a trial: those that differ from the defaults, locations left out.
+
+    Leaving defaults out keeps trial ids (and so the match between a trial and its finished MLflow
+    run, on which launch's skip and ``robustsweep import`` rely) stable when a new setting is
+    added with a default that keeps the old behaviour.
+    """
+    defaults = _default_settings()
+    return {k: v for k, v in config.to_dict().items()
+            if k not in _LOCATION_KEYS and (k not in defaults or v != defaults[k])}
+
+
+@functools.lru_cache(maxsize=1)
+def _default_settings() -> dict[str, Any]:
+    return TrialConfig().to_dict()
 
 
 def _trial_id(group: str, settings: Mapping[str, Any]) -> str:
@@ -234,13 +263,7 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None, max_trials:
     resources = where.resources(data.get("resources"), "resources", Resources())
     max_concurrent = where.integer(data.get("max_concurrent", 0), "max_concurrent", 0)
     max_failures = where.integer(data.get("max_failures", 2), "max_failures", 0)
-    seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds:
-        raise where.error("seeds", f"expected a non-empty list of integers, got {seeds!r}.")
-    for i, s in enumerate(seeds):
-        where.integer(s, f"seeds[{i}]", 0)
-    if len(set(seeds)) != len(seeds):
-        raise where.error("seeds", f"seeds repeat: {seeds}.")
+    seeds = where.seeds(data.get("seeds", [0]), "seeds")
     base = where.settings(data.get("base"), "base")
     for key in ("seed", "mlflow_tracking_uri", "mlflow_experiment"):
         if key in base:
@@ -280,11 +303,13 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None, max_trials:
         for key in list(settings) + list(grid) + [k for p in points for k in p]:
             if key in ("seed", "mlflow_tracking_uri", "mlflow_experiment"):
                 raise where.error(f"{gpath}.{key}", f"{key} is set by the sweep (seeds, mlflow), not per trial.")
+        group_seeds = where.seeds(g["seeds"], f"{gpath}.seeds") if "seeds" in g else seeds
         groups.append(Group(gname, settings, grid, where.resources(g.get("resources"), f"{gpath}.resources",
-                                                                   resources), g.get("description", ""), points))
+                                                                   resources), g.get("description", ""), points,
+                            group_seeds))
     spec = SweepSpec(name=name, source=source, storage_path=storage, tracking_uri=uri, experiment=experiment,
                      resources=resources, max_concurrent=max_concurrent, max_failures=max_failures,
-                     seeds=tuple(seeds), base=base, groups=tuple(groups), description=data.get("description", ""))
+                     seeds=seeds, base=base, groups=tuple(groups), description=data.get("description", ""))
     try:
         check_trial_count(count_trials(spec), max_trials)
     except ConfigError as exc:
@@ -294,7 +319,7 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None, max_trials:
 
 def count_trials(spec: SweepSpec) -> int:
     """The number of trials the sweep expands to, computed without expanding it."""
-    return sum(len(g.points) * math.prod(len(v) for v in g.grid.values()) for g in spec.groups) * len(spec.seeds)
+    return sum(len(g.points) * math.prod(len(v) for v in g.grid.values()) * len(g.seeds) for g in spec.groups)
 
 
 def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:
@@ -302,7 +327,7 @@ def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:
     seen: dict[TrialConfig, str] = {}
     for gi, group in enumerate(spec.groups):
         keys = list(group.grid)
-        combos = itertools.product(group.points, itertools.product(*(group.grid[k] for k in keys)), spec.seeds)
+        combos = itertools.product(group.points, itertools.product(*(group.grid[k] for k in keys)), group.seeds)
         for extra, point, seed in combos:
             chosen = {**extra, **dict(zip(keys, point))}
             values = {**spec.base, **group.settings, **chosen, "seed": seed,
@@ -321,6 +346,5 @@ def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:
                                   f"the trial with {described}, seed {seed} duplicates a trial of group "
                                   f"{seen[config]!r}: every trial must differ in some setting.")
             seen[config] = group.name
-            science = {k: v for k, v in config.to_dict().items() if k not in _LOCATION_KEYS}
-            trials.append(Trial(_trial_id(group.name, science), group.name, group.resources, config))
+            trials.append(Trial(_trial_id(group.name, _science(config)), group.name, group.resources, config))
     return trials

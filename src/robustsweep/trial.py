@@ -8,12 +8,13 @@ a retry or restore).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 import yaml
@@ -60,6 +61,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def prepare_device(config: TrialConfig, device: torch.device) -> None:
+    """Process-wide numerics for a CUDA trial: exact float32 unless ``cuda_fast_math`` (TF32, cuDNN benchmark).
+
+    PyTorch's own defaults mix the two (TF32 on for convolutions, off for matmuls): a trial's
+    numbers then depend on which layers a model has. Nothing changes on a CPU.
+    """
+    if device.type != "cuda":
+        return
+    fast = config.cuda_fast_math
+    torch.backends.cuda.matmul.allow_tf32 = fast
+    torch.backends.cudnn.allow_tf32 = fast
+    torch.backends.cudnn.benchmark = fast
+
+
 def lr_at_epoch(config: TrialConfig, epoch: int) -> float:
     """Learning rate for 0-based ``epoch``: the initial rate times gamma per milestone passed."""
     base = config.effective_lr
@@ -73,35 +88,68 @@ def lr_at_epoch(config: TrialConfig, epoch: int) -> float:
 
 
 def evaluate(model: torch.nn.Module, data: DeviceData, config: TrialConfig,
-             log: Callable[[str], None] = lambda _: None) -> dict[str, float]:
-    """Clean accuracy, FGSM/PGD accuracy and ratio at every eps, and the Hessian's top eigenvalue."""
+             log: Callable[[str], None] = lambda _: None, clean_acc: float | None = None) -> dict[str, float]:
+    """Clean accuracy, FGSM/PGD accuracy and ratio at every eps, and the Hessian's top eigenvalue.
+
+    ``clean_acc``: the model's accuracy on ``data.test``, when the caller has
+    just measured it (the last epoch's test pass), so it is not measured twice.
+    """
     out: dict[str, float] = {}
-    x_test, y_test = data.test.floats()
-    out[keys.CLEAN_ACC] = clean_accuracy(model, x_test, y_test, config.eval_batch_size)
-    attacked = data.test.head(config.attack_subset)
-    x_att, y_att = attacked.floats()
-    # The ratio compares attack and clean accuracy on the same (possibly subset) examples.
-    base = out[keys.ATTACKED_CLEAN_ACC] = clean_accuracy(model, x_att, y_att, config.eval_batch_size)
+    device = next(model.parameters()).device
+    batch_size = config.eval_batch_for(device.type)
+    clock = _PhaseClock(device, out)
+    with clock("clean_eval"):
+        if clean_acc is None:
+            clean_acc = clean_accuracy(model, *data.test.floats(), batch_size)
+        out[keys.CLEAN_ACC] = clean_acc
+        attacked = data.test.head(config.attack_subset)
+        x_att, y_att = attacked.floats()
+        # The ratio compares attack and clean accuracy on the same (possibly subset) examples.
+        base = clean_acc if attacked is data.test else clean_accuracy(model, x_att, y_att, batch_size)
+        out[keys.ATTACKED_CLEAN_ACC] = base
     for eps in config.eps:
         for attack in ("fgsm", "pgd"):
-            options = dict(batch_size=config.eval_batch_size, seed=config.seed)
+            options = dict(batch_size=batch_size, seed=config.seed)
             if attack == "pgd":
                 options.update(steps=config.pgd_steps, step_size=config.pgd_step_size)
-            t0 = time.perf_counter()
-            acc = attack_accuracy(model, x_att, y_att, attack, eps, **options)
+            with clock(attack) as seconds:
+                acc = attack_accuracy(model, x_att, y_att, attack, eps, **options)
             out[keys.attack_key(attack, "acc", eps)] = acc
             out[keys.attack_key(attack, "ratio", eps)] = acc / base if base > 0 else 0.0
-            log(f"{attack} eps={eps:g}: accuracy {acc:.4f} ({time.perf_counter() - t0:.1f}s)")
-    index = hessian_sample(len(data.train), config.hessian_samples, config.seed)
-    x_h, y_h = data.train.floats(index.to(data.train.labels.device))
-    t0 = time.perf_counter()
-    eig = top_eigenvalue_with_iterations(model, x_h, y_h, max_iter=config.hessian_iters,
-                                         tol=config.hessian_tol, seed=config.seed)
+            log(f"{attack} eps={eps:g}: accuracy {acc:.4f} ({seconds[0]:.1f}s)")
+    with clock("hessian") as seconds:
+        index = hessian_sample(len(data.train), config.hessian_samples, config.seed)
+        x_h, y_h = data.train.floats(index.to(data.train.labels.device))
+        eig = top_eigenvalue_with_iterations(model, x_h, y_h, max_iter=config.hessian_iters, tol=config.hessian_tol,
+                                             seed=config.seed, method=config.hessian_method, chunk_size=batch_size)
     out[keys.HESSIAN_TOP_EIG] = eig.eigenvalue
     out[keys.HESSIAN_ITERS] = float(eig.iterations)
-    log(f"hessian top eigenvalue {eig.eigenvalue:.4g} after {eig.iterations} iterations "
-        f"({time.perf_counter() - t0:.1f}s)")
+    log(f"hessian top eigenvalue {eig.eigenvalue:.4g} after {eig.iterations} Hessian-vector products "
+        f"({config.hessian_method}, {seconds[0]:.1f}s)")
+    if device.type == "cuda":
+        out[keys.PEAK_GPU_MIB] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
+
+
+class _PhaseClock:
+    """``with clock("pgd") as seconds:`` adds the block's wall time (device synchronized) to ``seconds_pgd``."""
+
+    def __init__(self, device: torch.device, out: dict[str, float]):
+        self.device = device
+        self.out = out
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[list[float]]:
+        seconds = [0.0]
+        t0 = time.perf_counter()
+        try:
+            yield seconds
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds[0] = time.perf_counter() - t0
+            key = keys.phase_seconds_key(phase)
+            self.out[key] = self.out.get(key, 0.0) + seconds[0]
 
 
 def _train_epoch(variant: Variant, batches: DeviceBatches, progress: Optional[Any]) -> tuple[float, float]:
@@ -147,6 +195,7 @@ def run_trial(config: TrialConfig, *, resume_state: dict[str, Any] | None = None
     config = config.resolved()
     uri = normalize_tracking_uri(config.mlflow_tracking_uri)
     device = resolve_device(config.device)
+    prepare_device(config, device)
     try:
         # The data first: a missing dataset is an error before any MLflow run exists.
         data = DeviceData.load(config.dataset, config.data_root, device, download=config.download,
@@ -182,7 +231,7 @@ def dataset_inputs(config: TrialConfig, data: DeviceData) -> dict[str, tuple[str
 def _out_of_memory(exc: BaseException, device: torch.device, config: TrialConfig) -> UserError:
     return UserError(
         f"The trial ran out of memory on {device} ({str(exc).splitlines()[0]}). Lower batch_size, "
-        f"eval_batch_size ({config.eval_batch_size}) or hessian_samples ({config.hessian_samples}), or give "
+        f"eval_batch_size ({config.eval_batch_for(device.type)}) or hessian_samples ({config.hessian_samples}), or give "
         "the trial a larger share of the GPU in the sweep's resources."
     )
 
@@ -195,6 +244,8 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
         run.log_datasets(dataset_inputs(config, data))
     torch.manual_seed(config.seed)
     model = build_model(config.model).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     data_generator = torch.Generator().manual_seed(config.seed)
     variant = VARIANTS[config.variant](model, config, data.train, torch.Generator().manual_seed(config.seed + 1))
     batches = DeviceBatches(data.train, config.batch_size, data_generator, flip=config.augment_flip,
@@ -237,10 +288,11 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
         seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        x_test, y_test = data.test.floats()
-        metrics = {"train_loss": train_loss, "train_acc": train_acc,
-                   "test_acc": clean_accuracy(model, x_test, y_test, config.eval_batch_size),
-                   "lr": lr, "epoch_seconds": seconds, **variant.end_epoch()}
+        t0 = time.perf_counter()
+        test_acc = clean_accuracy(model, *data.test.floats(), config.eval_batch_for(device.type))
+        metrics = {"train_loss": train_loss, "train_acc": train_acc, "test_acc": test_acc,
+                   "lr": lr, "epoch_seconds": seconds, "test_seconds": time.perf_counter() - t0,
+                   **variant.end_epoch()}
         history.append({"epoch": epoch + 1, **metrics})
         if epoch + 1 not in logged:
             run.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch + 1)
@@ -261,7 +313,8 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
         return TrialOutcome("diverged", run.run_id, {"diverged": 1.0, "diverged_epoch": float(diverged_at)},
                             history, diverged_at)
 
-    final = evaluate(model, data, config, log)
+    # The last epoch's test pass measured this very model on this very data: its accuracy is clean_acc.
+    final = evaluate(model, data, config, log, clean_acc=history[-1]["test_acc"])
     final["diverged"] = 0.0
     collapsed = keys.is_collapsed(final[keys.CLEAN_ACC])
     final["collapsed"] = float(collapsed)

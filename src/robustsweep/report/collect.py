@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..config import yaml_load
 from ..errors import UserError
-from ..launch import load_saved_sweep, trial_runs
+from ..launch import resolve_sweep, trial_runs
 from ..metrics import ATTACKED_CLEAN_ACC, HESSIAN_TOP_EIG, measurement_keys
-from ..sweep import Trial, load_sweep
+from ..sweep import Trial
 from ..tracking import make_client
 
 #: Settings that describe a trial's configuration in tables and legends, in this order.
@@ -39,11 +38,7 @@ class SweepRuns:
 
 def _source(sweep: str, tracking_uri: str | None, storage_path: str | None) -> tuple[str, str, str, list[Trial]]:
     """(name, tracking uri, experiment, expected trials) from a sweep file or a launched sweep's name."""
-    if sweep.endswith((".yaml", ".yml")) or Path(sweep).is_file():
-        spec = load_sweep(sweep)
-        return spec.name, tracking_uri or spec.tracking_uri, spec.experiment, list(spec.trials)
-    saved = load_saved_sweep(sweep, storage_path)
-    return saved.name, tracking_uri or saved.tracking_uri, saved.experiment, saved.trials
+    return resolve_sweep(sweep, tracking_uri, storage_path)
 
 
 def _param(params: dict[str, str], key: str) -> Any:
