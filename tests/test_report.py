@@ -126,6 +126,11 @@ def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
         assert not cells[" hessian_top_eig "].strip()
     corr = pd.read_csv(out / "correlation.csv")
     assert set(corr["scope"]) == {"all", "mnist"} and (corr["n"] == 4).all()  # diverged, collapsed excluded
+    # the conclusions come first on the page; this sweep has neither ratio nor momentum runs
+    conclusions = pd.read_csv(out / "conclusions.csv")
+    assert len(conclusions) == 4 and list(conclusions["verdict"])[1::2] == ["not run", "not run"]
+    assert "n=4" in conclusions.loc[0, "this sweep"]  # 2 batch sizes x 2 seeds of constant-rate SGD
+    assert page.index("<h2>Conclusions</h2>") < page.index("<h2>Attack settings</h2>") < page.index("Figures 1-5")
 
 
 def test_log_to_mlflow_attaches_the_report(filled_store, tmp_path):
@@ -327,6 +332,25 @@ def test_exported_runs_rebuild_the_store_and_launch_skips_them(filled_store, tmp
     assert len(client.search_runs([exp.experiment_id])) == 10
 
 
+def test_audit_finds_duplicated_stray_and_missing_runs(filled_store, tmp_path, capsys):
+    path, uri = filled_store
+    assert main(["audit", str(path), "--complete"]) == 0
+    assert "10 with exactly one FINISHED run" in capsys.readouterr().out
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("rep")
+    runs = client.search_runs([exp.experiment_id])
+    copy = client.create_run(exp.experiment_id, tags={"sweep": "rep", "trial_id": runs[0].data.tags["trial_id"]})
+    client.set_terminated(copy.info.run_id, "FINISHED")
+    stray = client.create_run(exp.experiment_id, tags={"sweep": "rep", "trial_id": "renamed-group-0000"})
+    client.set_terminated(stray.info.run_id, "FINISHED")
+    client.delete_run(runs[1].info.run_id)  # a lost trial
+    assert main(["audit", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"duplicated {runs[0].data.tags['trial_id']}: 2 FINISHED runs" in out
+    assert "stray run of trial renamed-group-0000" in out and "not yet run: 1" in out
+    assert out.rstrip().endswith("audit: FAILED")
+
+
 def test_a_damaged_export_is_a_clear_error(tmp_path, filled_store, capsys):
     path, _ = filled_store
     bad = tmp_path / "runs.jsonl"
@@ -336,3 +360,56 @@ def test_a_damaged_export_is_a_clear_error(tmp_path, filled_store, capsys):
     assert "line 2, is not JSON" in err and "Traceback" not in err
     assert main(["import", str(tmp_path / "none.jsonl"), str(path)]) == 2
     assert "No exported runs at" in capsys.readouterr().err
+
+
+def _study_frame(ratio_slope: float = -0.02, eig_slope: float = 1.0, ratio_group_slope: float | None = None,
+                 best_momentum: tuple[float, float] | None = None) -> pd.DataFrame:
+    """Hand-made runs, 3 seeds x 6 batch sizes, with the trends given (noise far below them)."""
+    rows = []
+    rng = np.random.default_rng(0)
+    batches = [32, 64, 128, 256, 512, 1024]
+    base = dict(dataset="mnist", variant="sgd", schedule="constant", weight_decay=0.0, diverged=False,
+                collapsed=False, lr_batch_ratio=np.nan, momentum=0.0)
+    for seed in range(3):
+        for i, b in enumerate(batches):
+            for lr in (0.01, 0.1):
+                rows.append({**base, "lr": lr, "batch_size": b, "seed": seed, "run_id": f"c{seed}{b}{lr}",
+                             "clean_acc": 0.95, "pgd_ratio_eps0.03": 0.8 + ratio_slope * i + rng.normal(0, 1e-4),
+                             "hessian_top_eig": 10 + eig_slope * i + rng.normal(0, 1e-3)})
+            if ratio_group_slope is not None:
+                rows.append({**base, "lr": b * 0.00015625, "lr_batch_ratio": 0.00015625, "batch_size": b,
+                             "seed": seed, "run_id": f"r{seed}{b}", "clean_acc": 0.95,
+                             "pgd_ratio_eps0.03": 0.8 + ratio_group_slope * i + rng.normal(0, 1e-3),
+                             "hessian_top_eig": 10.0})
+            if best_momentum is not None:
+                for lr in (0.01, 0.1):
+                    for m in (0.5, 0.9):
+                        good = (lr, m) == best_momentum
+                        rows.append({**base, "lr": lr, "momentum": m, "batch_size": b, "seed": seed,
+                                     "run_id": f"m{seed}{b}{lr}{m}", "clean_acc": 0.99 if good else 0.9,
+                                     "pgd_ratio_eps0.03": 0.95 if good else 0.7, "hessian_top_eig": 5.0})
+    return pd.DataFrame(rows)
+
+
+def test_conclusions_verdicts_follow_the_statistics():
+    from robustsweep.report.conclusions import conclusions
+
+    def verdicts(df):
+        return [f.verdict for f in conclusions(df, [0.03])]
+
+    assert verdicts(_study_frame()) == ["supported", "not run", "supported", "not run"]
+    assert verdicts(_study_frame(ratio_slope=+0.02, eig_slope=-1.0))[::2] == ["contradicted", "contradicted"]
+    flat = _study_frame(ratio_slope=0.0, eig_slope=0.0)  # noise only: no trend either way
+    assert verdicts(flat)[::2] == ["inconclusive", "inconclusive"]
+    # constant lr/bs ratio: flat beside a falling constant-rate regime supports it; a trend contradicts it
+    assert verdicts(_study_frame(ratio_group_slope=0.0))[1] == "supported"
+    assert verdicts(_study_frame(ratio_group_slope=-0.02))[1] == "contradicted"
+    # no trend, but no flatter than the constant-rate regime either (both flat, the ratio runs noisier)
+    assert verdicts(_study_frame(ratio_slope=0.0, ratio_group_slope=0.0))[1] == "inconclusive"
+    assert verdicts(_study_frame(best_momentum=(0.1, 0.9)))[3] == "supported"
+    assert verdicts(_study_frame(best_momentum=(0.01, 0.5)))[3] == "contradicted"
+    findings = conclusions(_study_frame(), [0.03])
+    rho = float(re.search(r"lr 0.01, PGD ratio at eps 0.03: rho=([-+.0-9]+) \(p=([-.e0-9]+), n=18\)",
+                          findings[0].statistic).group(1))
+    assert rho < -0.9
+    assert [f.verdict for f in conclusions(pd.DataFrame(), [0.03])] == ["not run"] * 4

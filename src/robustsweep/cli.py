@@ -179,6 +179,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit
+
+    result = audit(args.sweep, args.tracking_uri, args.storage_path)
+    for line in result.lines():
+        print(line)
+    ok = result.ok(complete=args.complete)
+    print("audit: OK" if ok else "audit: FAILED")
+    return 0 if ok else 1
+
+
 def cmd_options(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -259,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--tracking-uri", default=None, help="MLflow store to write (default: the sweep's)")
     imp.add_argument("--storage-path", default=None, help="where a sweep given by name was launched")
     imp.set_defaults(func=cmd_import)
+
+    audit = sub.add_parser("audit", help="check that every trial has exactly one FINISHED MLflow run")
+    audit.add_argument("sweep", help="sweep YAML file, or the name of a launched sweep")
+    audit.add_argument("--complete", action="store_true", help="also fail when some trial has no FINISHED run")
+    audit.add_argument("--tracking-uri", default=None, help="MLflow store to read (default: the sweep's)")
+    audit.add_argument("--storage-path", default=None, help="where a sweep given by name was launched")
+    audit.set_defaults(func=cmd_audit)
 
     options = sub.add_parser("options", help="list every trial setting with its default and meaning")
     options.set_defaults(func=cmd_options)

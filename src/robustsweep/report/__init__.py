@@ -7,7 +7,8 @@
 * ``correlation.csv`` — Spearman rho, p-value and n between the top eigenvalue and each attack ratio;
 * ``*.png`` — each measurement against batch size, learning curves, the correlation scatter;
 * ``index.html`` — all of the above on one page that works offline;
-* ``problems.csv`` — failed, diverged, collapsed and unfinished trials and runs missing metrics, with the reason.
+* ``problems.csv`` — failed, diverged, collapsed and unfinished trials and runs missing metrics, with the reason;
+* ``conclusions.csv`` — the study's claims (:mod:`.conclusions`), each with this sweep's statistic and a verdict.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 
 from ..metrics import CHANCE_ACCURACY, COLLAPSE_MARGIN, measurement_keys
 from .collect import SweepRuns, collect, for_analysis
+from .conclusions import conclusions, findings_table
 from .study_figures import STUDY_FIGURES, study_figure
 from .correlation import correlation_table
 from .figures import batch_size_figure, correlation_figure, learning_curves_figure, metric_label
@@ -34,6 +36,7 @@ class Report:
     runs: SweepRuns
     figures: list[Path] = field(default_factory=list)
     correlation: pd.DataFrame | None = None
+    conclusions: pd.DataFrame | None = None
 
     @property
     def index(self) -> Path:
@@ -115,6 +118,10 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
     if study_html:
         sections.insert(0, f"<h2>Figures 1-5, laid out as in the study (MNIST)</h2>{study_html}")
 
+    findings = findings_table(conclusions(df, mnist_eps))
+    findings.to_csv(out / "conclusions.csv", index=False)
+    report.conclusions = findings
+
     corr = correlation_table(df, all_ratios) if not df.empty else pd.DataFrame()
     report.correlation = corr
     corr.to_csv(out / "correlation.csv", index=False)
@@ -134,11 +141,11 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
                                          "</figcaption></figure>" if scatter else "")
     problems_html = to_html(problems) if not problems.empty else "<p>None.</p>"
     settings = attack_settings(runs.table)
-    markdown[4:4] = ["## Attack settings", "", settings, ""]
+    markdown[4:4] = ["## Conclusions", "", to_markdown(findings), "", "## Attack settings", "", settings, ""]
     (out / "tables.md").write_text("\n".join(markdown))
     report.index.write_text(_PAGE.format(
         name=html.escape(runs.name), uri=html.escape(runs.tracking_uri), experiment=html.escape(runs.experiment),
-        n=len(df), margin=COLLAPSE_MARGIN, chance=CHANCE_ACCURACY, attacks=html.escape(settings), problems=problems_html, sections="".join(sections),
+        n=len(df), conclusions=to_html(findings), margin=COLLAPSE_MARGIN, chance=CHANCE_ACCURACY, attacks=html.escape(settings), problems=problems_html, sections="".join(sections),
         correlation=corr_html))
     return report
 
@@ -157,6 +164,11 @@ figcaption {{ color: #555; font-size: 0.9em; }}
 <p>{n} finished runs from MLflow <code>{uri}</code>, experiment <code>{experiment}</code>.
 Cells are mean ± sample standard deviation over seeds (n = number of runs); attack ratio = attack accuracy /
 clean accuracy on the attacked examples.</p>
+<h2>Conclusions</h2>
+<p>Each claim of the study, tested on this sweep's MNIST runs: Spearman's rho of the batch size against
+the measurement (p-value two-sided; exact up to n = 8), over every seed. Supported: every test goes the claimed
+way (p &lt; 0.05 for a trend); contradicted: every test goes against it; inconclusive: mixed or too weak.</p>
+{conclusions}
 <h2>Attack settings</h2><p>{attacks}</p>
 <h2>Failed, diverged, collapsed and unfinished trials</h2>
 <p>A collapsed trial finished with clean accuracy within {margin:g} of chance ({chance:g}): attacks cannot lower it, so its
