@@ -130,7 +130,8 @@ def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
     conclusions = pd.read_csv(out / "conclusions.csv")
     assert len(conclusions) == 4 and list(conclusions["verdict"])[1::2] == ["not run", "not run"]
     assert "n=4" in conclusions.loc[0, "this sweep"]  # 2 batch sizes x 2 seeds of constant-rate SGD
-    assert page.index("<h2>Conclusions</h2>") < page.index("<h2>Attack settings</h2>") < page.index("Figures 1-5")
+    assert (page.index('<h2 id="conclusions">Conclusions</h2>') < page.index('<h2 id="attacks">')
+            < page.index('<h2 id="study-figures">') < page.index('<h2 id="problems">'))
 
 
 def test_log_to_mlflow_attaches_the_report(filled_store, tmp_path):
@@ -413,3 +414,41 @@ def test_conclusions_verdicts_follow_the_statistics():
                           findings[0].statistic).group(1))
     assert rho < -0.9
     assert [f.verdict for f in conclusions(pd.DataFrame(), [0.03])] == ["not run"] * 4
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium here: install Debian's `chromium` (apt-get install "
+                                                "chromium; .ci/run does) to render the report page headless")
+def test_report_page_renders_in_a_browser_without_errors_or_horizontal_overflow(filled_store, tmp_path):
+    import subprocess
+
+    path, _ = filled_store
+    out = tmp_path / "out"
+    make_report(str(path), out)
+    probe = out / "probe.html"
+    # The page itself has no scripts: this one, appended to a copy, records what the browser laid out.
+    probe.write_text((out / "index.html").read_text() + """<script>
+window.addEventListener("load", () => {
+  const b = document.body;
+  b.setAttribute("data-overflow", String(document.documentElement.scrollWidth - window.innerWidth));
+  b.setAttribute("data-broken", String([...document.images].filter(i => !i.complete || !i.naturalWidth).length));
+  b.setAttribute("data-images", String(document.images.length));
+});</script>""")
+    result = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,900",
+                             "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
+                             probe.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = result.stdout
+    values = dict(re.findall(r'data-(overflow|broken|images)="(-?\d+)"', dom))
+    assert set(values) == {"overflow", "broken", "images"}, result.stderr[-2000:]
+    console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+    assert console == []  # no script errors, no failed loads reported by the page
+    assert int(values["images"]) >= 10 and int(values["broken"]) == 0
+    assert int(values["overflow"]) <= 0, "the page is wider than a 1400-px window"
+    # readable headers, a table of contents, and captions under the figures
+    page = (out / "index.html").read_text()
+    assert "<th>PGD / clean, eps 0.15</th>" in page and "pgd_ratio_eps0.15</th>" not in page
+    assert '<nav><ol><li><a href="#conclusions">' in page
+    assert page.count("<figcaption>") == page.count("<img ")

@@ -95,14 +95,19 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
         for metric in metrics:
             path = batch_size_figure(df, dataset, metric, out / f"{_slug(dataset)}_{_slug(metric)}_vs_batch.png")
             if path:
-                images.append((path, f"{metric_label(metric)} against batch size"))
+                images.append((path, f"{metric_label(metric)} against batch size (log2 axis): one panel per "
+                                     "sweep group, one line per configuration, mean ± std over seeds"))
         curves = learning_curves_figure(df, runs.curves, dataset, out / f"{_slug(dataset)}_learning_curves.png")
         if curves:
-            images.append((curves, "learning curves"))
+            images.append((curves, "learning curves: training loss and test accuracy per epoch, one panel per "
+                                   "sweep group"))
         report.figures += [p for p, _ in images]
         figs = "".join(f'<figure><img src="{p.name}" alt="{html.escape(a)}"><figcaption>{html.escape(a)}'
                        f"</figcaption></figure>" for p, a in images)
-        sections.append(f"<h2>{html.escape(dataset)}</h2>{''.join(blocks)}<h3>Figures</h3>{figs}")
+        sections.append((f"dataset-{_slug(dataset)}", f"{dataset}: tables and figures by sweep group",
+                         f"<p>One table per sweep group: a row per configuration, each measurement as mean ± "
+                         f"sample standard deviation over seeds (n runs).</p>{''.join(blocks)}"
+                         f"<h3>Figures</h3>{figs}"))
 
     study_html = ""
     mnist_eps = runs.eps.get("mnist", [])
@@ -116,7 +121,7 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
             study_html += (f'<figure><img src="{path.name}" alt="Figure {figure.number}">'
                            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     if study_html:
-        sections.insert(0, f"<h2>Figures 1-5, laid out as in the study (MNIST)</h2>{study_html}")
+        sections.insert(0, ("study-figures", "Figures 1-5, laid out as in the study (MNIST)", study_html))
 
     findings = findings_table(conclusions(df, mnist_eps))
     findings.to_csv(out / "conclusions.csv", index=False)
@@ -143,39 +148,50 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
     settings = attack_settings(runs.table)
     markdown[4:4] = ["## Conclusions", "", to_markdown(findings), "", "## Attack settings", "", settings, ""]
     (out / "tables.md").write_text("\n".join(markdown))
+    toc = [("conclusions", "Conclusions"), ("attacks", "Attack settings"), *[(i, t) for i, t, _ in sections],
+           ("curvature", "Curvature and robustness"), ("problems", "Failed, diverged, collapsed and unfinished trials")]
     report.index.write_text(_PAGE.format(
         name=html.escape(runs.name), uri=html.escape(runs.tracking_uri), experiment=html.escape(runs.experiment),
-        n=len(df), conclusions=to_html(findings), margin=COLLAPSE_MARGIN, chance=CHANCE_ACCURACY, attacks=html.escape(settings), problems=problems_html, sections="".join(sections),
-        correlation=corr_html))
+        n=len(df), conclusions=to_html(findings), margin=COLLAPSE_MARGIN, chance=CHANCE_ACCURACY,
+        attacks=html.escape(settings), problems=problems_html, correlation=corr_html,
+        toc="".join(f'<li><a href="#{i}">{html.escape(t)}</a></li>' for i, t in toc),
+        sections="".join(f'<h2 id="{i}">{html.escape(t)}</h2>{body}' for i, t, body in sections)))
     return report
 
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>robustsweep report: {name}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1400px; }}
-table.results {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }}
-table.results th, table.results td {{ border: 1px solid #ccc; padding: 3px 7px; text-align: right; }}
+body {{ font-family: system-ui, sans-serif; margin: 1.5em 2em; max-width: 1360px; line-height: 1.4; }}
+h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }}
+nav ol {{ columns: 2; }}
+div.scroll {{ overflow-x: auto; }}
+table.results {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.8em; }}
+table.results th, table.results td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left;
+  vertical-align: top; }}
 table.results th {{ background: #f2f2f2; }}
-figure {{ margin: 1em 0; }} img {{ max-width: 100%; }}
-figcaption {{ color: #555; font-size: 0.9em; }}
+table.results td.num {{ text-align: right; }}
+span.sd {{ color: #666; font-size: 0.9em; white-space: nowrap; }}
+figure {{ margin: 1em 0 2em; }} img {{ max-width: 100%; height: auto; }}
+figcaption {{ color: #444; font-size: 0.9em; max-width: 70em; }}
 </style></head><body>
 <h1>Sweep {name}</h1>
 <p>{n} finished runs from MLflow <code>{uri}</code>, experiment <code>{experiment}</code>.
 Cells are mean ± sample standard deviation over seeds (n = number of runs); attack ratio = attack accuracy /
 clean accuracy on the attacked examples.</p>
-<h2>Conclusions</h2>
+<nav><ol>{toc}</ol></nav>
+<h2 id="conclusions">Conclusions</h2>
 <p>Each claim of the study, tested on this sweep's MNIST runs: Spearman's rho of the batch size against
 the measurement (p-value two-sided; exact up to n = 8), over every seed. Supported: every test goes the claimed
 way (p &lt; 0.05 for a trend); contradicted: every test goes against it; inconclusive: mixed or too weak.</p>
 {conclusions}
-<h2>Attack settings</h2><p>{attacks}</p>
-<h2>Failed, diverged, collapsed and unfinished trials</h2>
-<p>A collapsed trial finished with clean accuracy within {margin:g} of chance ({chance:g}): attacks cannot lower it, so its
-attack ratios and top eigenvalue are left out of the tables, figures and correlations.</p>{problems}
+<h2 id="attacks">Attack settings</h2><p>{attacks}</p>
 {sections}
-<h2>Curvature and robustness</h2>
+<h2 id="curvature">Curvature and robustness</h2>
 <p>Spearman rank correlation between the top Hessian eigenvalue and each attack ratio, over all finished
 trials and per dataset (diverged and collapsed trials excluded).</p>{correlation}
+<h2 id="problems">Failed, diverged, collapsed and unfinished trials</h2>
+<p>A collapsed trial finished with clean accuracy within {margin:g} of chance ({chance:g}): attacks cannot lower it, so its
+attack ratios and top eigenvalue are left out of the tables, figures and correlations.</p>{problems}
 </body></html>
 """

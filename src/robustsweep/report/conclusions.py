@@ -91,7 +91,7 @@ def robustness_falls_with_batch_size(df: pd.DataFrame, eps: list[float]) -> tupl
             rho, p, n = _trend(part, attack_key("pgd", "ratio", e))
             parts.append(_fmt_trend(f"lr {lr:g}, PGD ratio at eps {e:g}", rho, p, n))
             outcomes.append(_directional(rho, p, -1) if n else None)
-    return "; ".join(parts) or "no constant-rate SGD runs", _verdict(outcomes if parts else [])
+    return "\n".join(parts) or "no constant-rate SGD runs", _verdict(outcomes if parts else [])
 
 
 def _spread(part: pd.DataFrame, y: str) -> float:
@@ -121,7 +121,7 @@ def robustness_constant_under_ratio(df: pd.DataFrame, eps: list[float]) -> tuple
             outcomes.append(True if spread < reference else None)
         else:
             outcomes.append(None)
-    return "; ".join(parts), _verdict(outcomes)
+    return "\n".join(parts), _verdict(outcomes)
 
 
 def curvature_rises_with_batch_size(df: pd.DataFrame, eps: list[float]) -> tuple[str, str]:
@@ -131,7 +131,7 @@ def curvature_rises_with_batch_size(df: pd.DataFrame, eps: list[float]) -> tuple
         rho, p, n = _trend(part, HESSIAN_TOP_EIG)
         parts.append(_fmt_trend(f"lr {lr:g}, top eigenvalue", rho, p, n))
         outcomes.append(_directional(rho, p, +1) if n else None)
-    return "; ".join(parts) or "no constant-rate SGD runs", _verdict(outcomes if parts else [])
+    return "\n".join(parts) or "no constant-rate SGD runs", _verdict(outcomes if parts else [])
 
 
 def momentum_and_high_rate_are_best(df: pd.DataFrame, eps: list[float]) -> tuple[str, str]:
@@ -151,9 +151,9 @@ def momentum_and_high_rate_are_best(df: pd.DataFrame, eps: list[float]) -> tuple
     cell = cells.loc[target]
     text = (f"lr 0.1 + momentum 0.9: clean accuracy {cell['clean']:.4f}, PGD ratio at eps {eps[0]:g} "
             f"{cell['ratio']:.3f} (mean over {int(cell['n'])} runs, {int(cell['bad'])} diverged, "
-            f"{int(cell['collapsed'])} collapsed); best clean accuracy: lr {best_clean[0]:g} + momentum "
-            f"{best_clean[1]:g} ({cells.loc[best_clean, 'clean']:.4f}); best PGD ratio: lr {best_ratio[0]:g} + "
-            f"momentum {best_ratio[1]:g} ({cells.loc[best_ratio, 'ratio']:.3f}); of {len(cells)} lr x momentum cells")
+            f"{int(cell['collapsed'])} collapsed)\nbest clean accuracy of {len(cells)} lr x momentum cells: "
+            f"lr {best_clean[0]:g} + momentum {best_clean[1]:g} ({cells.loc[best_clean, 'clean']:.4f})\n"
+            f"best PGD ratio: lr {best_ratio[0]:g} + momentum {best_ratio[1]:g} ({cells.loc[best_ratio, 'ratio']:.3f})")
     return text, _verdict([best_clean == target, best_ratio == target])
 
 

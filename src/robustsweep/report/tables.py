@@ -58,15 +58,47 @@ def to_markdown(table: pd.DataFrame) -> str:
     cols = list(table.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, r in table.iterrows():
-        lines.append("| " + " | ".join(_cell(r[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(_cell(r[c]).replace("\n", "; ") for c in cols) + " |")
     return "\n".join(lines)
 
 
+#: Column headers for people (the HTML page); tables.md and the CSV files keep the metric keys.
+COLUMN_LABELS = {"batch_size": "batch size", "lr_batch_ratio": "lr / batch size", "weight_decay": "weight decay",
+                 "clean_acc": "clean accuracy", "hessian_top_eig": "top Hessian eigenvalue",
+                 "attack ratio": "attack ratio", "spearman rho": "Spearman rho"}
+
+
+def column_label(column: str) -> str:
+    """``pgd_ratio_eps0.15`` -> ``PGD / clean, eps 0.15``; ``fgsm_acc_eps0.03`` -> ``FGSM accuracy, eps 0.03``."""
+    if column in COLUMN_LABELS:
+        return COLUMN_LABELS[column]
+    parts = column.split("_")
+    if len(parts) == 3 and parts[0] in ("fgsm", "pgd") and parts[2].startswith("eps"):
+        what = "accuracy" if parts[1] == "acc" else "/ clean"
+        return f"{parts[0].upper()} {what}, eps {parts[2][3:]}"
+    return column.replace("_", " ")
+
+
 def to_html(table: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r[c]))}</td>" for c in table.columns) + "</tr>"
+    """An HTML table with readable headers; 'mean ± std (n)' cells break before the ±, to stay narrow."""
+    head = "".join(f"<th>{html.escape(column_label(str(c)))}</th>" for c in table.columns)
+    body = "".join("<tr>" + "".join(_html_cell(r[c]) for c in table.columns) + "</tr>"
                    for _, r in table.iterrows())
-    return f'<table class="results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return (f'<div class="scroll"><table class="results"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def _html_cell(value) -> str:
+    """A <td>: numbers right-aligned, 'mean ± std (n)' broken before the ±, text left with its line breaks."""
+    raw = _cell(value)
+    mean, sep, spread = raw.partition(" ± ")
+    if sep:
+        return f'<td class="num">{html.escape(mean)}<br><span class="sd">± {html.escape(spread)}</span></td>'
+    try:
+        float(raw)
+        return f'<td class="num">{html.escape(raw)}</td>'
+    except ValueError:
+        return "<td>" + "<br>".join(html.escape(line) for line in raw.split("\n")) + "</td>"
 
 
 def _cell(value) -> str:
