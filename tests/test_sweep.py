@@ -1,5 +1,6 @@
 """Sweep files: validation errors, expansion, the study's grid, the cluster file."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,75 @@ groups:
     assert by_group["fine"].info.status == "FINISHED" and "clean_acc" in by_group["fine"].data.metrics
     assert by_group["broken"].info.status == "FAILED"
     assert "already finished" in out
+
+
+def test_command_line_flags_change_the_sweep_and_never_reuse_its_name(tmp_path, capsys):
+    from robustsweep.sweep import SweepOverrides
+
+    table1 = REPO / "sweeps" / "table1.yaml"
+    plain = load_sweep(table1)
+    o = SweepOverrides(local=True, settings=("epochs=5", "subset=10000"), only=("mnist-*",), seeds=(0, 1), gpu=0.25)
+    spec = load_sweep(table1, base_dir=tmp_path, overrides=o)
+    assert len(spec.trials) == 2 * 144 and {t.config.seed for t in spec.trials} == {0, 1}
+    assert all(t.config.dataset == "mnist" and t.config.epochs == 5 and t.config.subset == 10000
+               for t in spec.trials)
+    assert all(t.resources.gpu == 0.25 and t.resources.cpu == plain.trials[0].resources.cpu for t in spec.trials)
+    # local: storage and MLflow here, the cluster's data path dropped
+    assert spec.storage_path == str(tmp_path / "ray_results")
+    assert spec.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert all(t.config.data_root != "/home/ray/data" for t in spec.trials)
+    # a different sweep gets a different name (and experiment); the same flags, in any order, the same one
+    assert spec.name.startswith("table1-") and spec.name != plain.name and spec.experiment == spec.name
+    same = load_sweep(table1, base_dir=tmp_path, overrides=SweepOverrides(
+        settings=("subset=10000", "epochs=5"), only=("mnist-*",), seeds=(1, 0)))
+    assert same.name == spec.name
+    other = load_sweep(table1, base_dir=tmp_path, overrides=SweepOverrides(settings=("epochs=6",)))
+    assert other.name not in (spec.name, plain.name)
+    # places and resources alone do not change what is trained: the name stays
+    assert load_sweep(table1, base_dir=tmp_path, overrides=SweepOverrides(local=True, gpu=0.5)).name == "table1"
+    assert load_sweep(table1, overrides=SweepOverrides(settings=("epochs=6",), name="mine")).name == "mine"
+    assert spec.flags == "--local --set epochs=5 --set subset=10000 --only mnist-* --seeds 0,1 --gpu 0.25"
+
+    assert main(["validate", str(table1), "--local", "--only", "mnist-step", "--set", "epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert "12 trials" in out and "command-line changes: --local --set epochs=3 --only mnist-step" in out
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--set", "lr=0.1"], "--set lr: group 'mnist-constant-lr' varies lr"),
+    (["--only", "cifar-sgd-*", "--set", "momentum=0.5"], "group 'cifar-sgd-regularized' varies momentum"),
+    (["--only", "x*"], "--only x*: matches no group"),
+    (["--set", "bogus=1"], "Unknown trial setting 'bogus' in --set"),
+    (["--set", "seed=3"], "--set seed: is set by the sweep: use --seeds"),
+    (["--set", "epochs=many"], "--set epochs: Invalid trial setting epochs='many'"),
+    (["--gpu", "1.5"], "--gpu 1.5: a trial takes"),
+    (["--name", "../x"], "--name: expected a sweep name"),
+])
+def test_bad_command_line_flags_are_one_clear_paragraph(flags, fragment, capsys):
+    assert main(["validate", str(REPO / "sweeps" / "table1.yaml"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+
+
+def test_flags_are_recorded_on_every_run(tmp_path, mnist_root, capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    path = _write(tmp_path, f"""
+name: flagged
+mlflow: {{tracking_uri: "{uri}"}}
+base: {{dataset: mnist, data_root: "{mnist_root}", device: cpu, subset: 200, test_subset: 100, epochs: 2,
+        attack_subset: 20, pgd_steps: 1, hessian_samples: 16, hessian_iters: 2, eval_batch_size: 100}}
+groups:
+  - name: a
+    grid: {{lr: [0.05]}}
+  - name: b
+    set: {{lr: 0.01}}
+""")
+    assert main(["launch", str(path), "--debug", "--only", "a", "--set", "epochs=1", "--seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    name = re.search(r"sweep (flagged-[0-9a-f]{6}): 1 trials", out).group(1)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    assert run.data.tags["sweep_flags"] == "--set epochs=1 --only a --seeds 3" and run.data.tags["sweep"] == name
+    assert (run.data.params["epochs"], run.data.params["seed"], run.data.params["lr"]) == ("1", "3", "0.05")

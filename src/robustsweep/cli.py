@@ -16,6 +16,25 @@ from .errors import UserError
 from .preflight import MAX_TRIALS
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("expected at least one seed, such as 0,1,2")
+    return seeds
+
+
+def _load_sweep(args: argparse.Namespace):
+    """The sweep file with the command line's changes applied."""
+    from .sweep import SweepOverrides, load_sweep
+
+    overrides = SweepOverrides(local=args.local, settings=tuple(args.set_), only=tuple(args.only), seeds=args.seeds,
+                               cpu=args.cpu, gpu=args.gpu, name=args.name)
+    return load_sweep(args.sweep, max_trials=args.max_trials, overrides=overrides)
+
+
 def _print_table(rows: Sequence[tuple[str, str]], title: str | None = None) -> None:
     if title:
         print(title)
@@ -72,10 +91,15 @@ def _cell(value) -> str:
     return str(value)
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from .sweep import load_sweep
+def _print_flags(spec) -> None:
+    if spec.flags:
+        print(f"command-line changes: {spec.flags} (recorded on every run as tag sweep_flags; `resume "
+              f"{spec.name}` and `status {spec.name}` use them)")
 
-    spec = load_sweep(args.sweep, max_trials=args.max_trials)
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = _load_sweep(args)
+    _print_flags(spec)
     seeds = sorted({seed for group in spec.groups for seed in group.seeds})
     print(f"{args.sweep}: sweep {spec.name!r} is valid: {len(spec.trials)} trials "
           f"(seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}), MLflow {spec.tracking_uri} "
@@ -86,9 +110,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from .launch import launch, run_debug
-    from .sweep import load_sweep
 
-    spec = load_sweep(args.sweep, max_trials=args.max_trials)
+    spec = _load_sweep(args)
+    _print_flags(spec)
     print(f"sweep {spec.name}: {len(spec.trials)} trials -> MLflow {spec.tracking_uri} [{spec.experiment}]",
           flush=True)
     if args.debug:
@@ -220,9 +244,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-trials", type=int, default=MAX_TRIALS, metavar="N",
                        help=f"refuse a sweep of more than N trials (default {MAX_TRIALS:,})")
 
+    def sweep_flags(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("changing the sweep file from the command line (recorded on every run)")
+        g.add_argument("--local", action="store_true",
+                       help="storage ./ray_results and MLflow sqlite:///mlflow.db here; the file's data_root "
+                            "is dropped (ROBUSTSWEEP_DATA_ROOT or --set data_root=... decide)")
+        g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_",
+                       help="force a trial setting on every trial, e.g. --set epochs=5 (repeatable)")
+        g.add_argument("--only", action="append", default=[], metavar="GROUP",
+                       help="run only the groups matching this glob, e.g. --only 'mnist-*' (repeatable)")
+        g.add_argument("--seeds", type=_seed_list, default=None, metavar="0,1,2", help="seeds for every group")
+        g.add_argument("--cpu", type=float, default=None, help="CPUs per trial")
+        g.add_argument("--gpu", type=float, default=None, help="GPUs per trial (a fraction shares one)")
+        g.add_argument("--name", default=None,
+                       help="the sweep's name (default: the file's, plus a digest of --set/--only/--seeds)")
+
     validate = sub.add_parser("validate", help="check a sweep file and summarize its trials; runs nothing")
     validate.add_argument("sweep", help="sweep YAML file, e.g. sweeps/table1.yaml")
     max_trials_option(validate)
+    sweep_flags(validate)
     validate.set_defaults(func=cmd_validate)
 
     def ray_options(p: argparse.ArgumentParser) -> None:
@@ -234,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("sweep", help="sweep YAML file")
     launch.add_argument("--debug", action="store_true", help="run the trials in-process one by one, without Ray")
     max_trials_option(launch)
+    sweep_flags(launch)
     ray_options(launch)
     launch.set_defaults(func=cmd_launch)
 

@@ -70,6 +70,11 @@ def _existing_run(uri: str, experiment: str, sweep: str, trial_id: str):
 # the Ray trainable
 
 
+def _flags_tag(flags: str) -> dict[str, str]:
+    """The command-line flags that changed the sweep file, as the run's ``sweep_flags`` tag."""
+    return {"sweep_flags": flags} if flags else {}
+
+
 def _report_finished(run) -> None:
     from ray import tune
 
@@ -123,7 +128,7 @@ def ray_trainable(params: dict[str, Any]) -> None:
             tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     tags = {"sweep": sweep, "trial_id": trial.trial_id, "group": trial.group, "mode": "ray",
-            "ray_node_id": ray.get_runtime_context().get_node_id()}
+            "ray_node_id": ray.get_runtime_context().get_node_id(), **_flags_tag(params.get("flags", ""))}
     try:
         outcome = run_trial(config, resume_state=resume_state, run_id=run_id, on_epoch_end=on_epoch_end,
                             tags=tags, run_name=trial.trial_id)
@@ -170,7 +175,7 @@ def _save_spec(spec: SweepSpec) -> None:
 def spec_to_json(spec: SweepSpec) -> dict[str, Any]:
     return {"name": spec.name, "source": spec.source, "storage_path": spec.storage_path,
             "tracking_uri": spec.tracking_uri, "experiment": spec.experiment, "max_concurrent": spec.max_concurrent,
-            "max_failures": spec.max_failures, "trials": [t.to_json() for t in spec.trials]}
+            "max_failures": spec.max_failures, "flags": spec.flags, "trials": [t.to_json() for t in spec.trials]}
 
 
 @dataclass
@@ -184,6 +189,7 @@ class SavedSweep:
     max_concurrent: int
     max_failures: int
     trials: list[Trial]
+    flags: str = ""
 
     @property
     def experiment_dir(self) -> str:
@@ -211,7 +217,7 @@ def load_saved_sweep(name: str, storage_path: str | None = None) -> SavedSweep:
         data = json.loads(raw)
         return SavedSweep(data["name"], data["storage_path"], data["tracking_uri"], data["experiment"],
                           data["max_concurrent"], data["max_failures"],
-                          [Trial.from_json(t) for t in data["trials"]])
+                          [Trial.from_json(t) for t in data["trials"]], data.get("flags", ""))
     except (ValueError, KeyError, TypeError, UserError) as exc:
         raise UserError(
             f"The saved sweep {storage}/{name}/{SWEEP_FILE} is unreadable ({type(exc).__name__}: "
@@ -372,7 +378,8 @@ def launch(spec: SweepSpec, *, address: str | None = None, verbose: int = 1,
     _save_spec(spec)
     tuner = tune.Tuner(
         _trainable_with_resources(),
-        param_space={"trial": tune.grid_search([t.to_json() for t in trials]), "sweep": spec.name},
+        param_space={"trial": tune.grid_search([t.to_json() for t in trials]), "sweep": spec.name,
+                     "flags": spec.flags},
         tune_config=_tune_config(spec.max_concurrent),
         run_config=_run_config(spec.name, spec.storage_path, spec.max_failures, verbose),
     )
@@ -422,7 +429,7 @@ def run_debug(spec: SweepSpec, log: Callable[[str], None] = print) -> SweepResul
             outcome = run_trial(trial.config, run_id=existing.info.run_id if existing else None, log=log,
                                 run_name=trial.trial_id,
                                 tags={"sweep": spec.name, "trial_id": trial.trial_id, "group": trial.group,
-                                      "mode": "debug"})
+                                      "mode": "debug", **_flags_tag(spec.flags)})
             rows.append(_row(trial.trial_id, trial, outcome.status, outcome.run_id, outcome.metrics))
         except UserError:
             raise

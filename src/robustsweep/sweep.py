@@ -34,6 +34,7 @@ bad value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import hashlib
 import itertools
@@ -44,7 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import FIELDS, TrialConfig, default_data_root, coerce, make_trial_config, read_yaml_mapping
+from .config import (FIELDS, TrialConfig, check_keys, coerce, default_data_root, make_trial_config, parse_overrides,
+                     read_yaml_mapping)
 from .errors import ConfigError
 from .preflight import MAX_TRIALS, check_trial_count
 from .tracking import normalize_tracking_uri
@@ -100,6 +102,41 @@ class Group:
 
 
 @dataclass(frozen=True)
+class SweepOverrides:
+    """What the command line changes in a sweep file (the flags of ``launch`` and ``validate``).
+
+    ``local``: storage under ./ray_results and SQLite MLflow in ./mlflow.db, and the file's
+    ``base.data_root`` dropped (so ``--set data_root=`` or ROBUSTSWEEP_DATA_ROOT decide). ``settings``:
+    ``key=value`` forced on every trial (not on a grid axis or a point's key: that would merge trials).
+    ``only``: group-name globs. ``seeds``: for every group. ``cpu``/``gpu``: per-trial resources.
+    ``name``: the sweep's name; without it, flags that change the trials (settings, only, seeds) derive
+    one from the file's name and a digest of those flags, so two different sweeps never share a name
+    and storage.
+    """
+
+    local: bool = False
+    settings: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()
+    seeds: tuple[int, ...] | None = None
+    cpu: float | None = None
+    gpu: float | None = None
+    name: str | None = None
+
+    def flags(self) -> str:
+        parts = ["--local"] if self.local else []
+        parts += [f"--set {s}" for s in self.settings] + [f"--only {g}" for g in self.only]
+        if self.seeds is not None:
+            parts.append("--seeds " + ",".join(map(str, self.seeds)))
+        parts += [f"--{k} {v:g}" for k, v in (("cpu", self.cpu), ("gpu", self.gpu)) if v is not None]
+        return " ".join(parts + ([f"--name {self.name}"] if self.name else []))
+
+    def trial_flags(self) -> str:
+        """The flags that change which trials exist or what they train (resources and places do not)."""
+        parts = [f"--set {s}" for s in sorted(self.settings)] + [f"--only {g}" for g in sorted(self.only)]
+        return " ".join(parts + ([f"--seeds {sorted(self.seeds)}"] if self.seeds is not None else []))
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     """A validated sweep file."""
 
@@ -116,6 +153,10 @@ class SweepSpec:
     groups: tuple[Group, ...]
     description: str = ""
     trials: tuple[Trial, ...] = field(default=(), compare=False)
+    #: Settings the command line forces on every trial (``--set``), over the file's.
+    forced: dict[str, Any] = field(default_factory=dict)
+    #: The command-line flags that changed the file's sweep ("" when none), recorded on every run.
+    flags: str = ""
 
     @property
     def experiment_dir(self) -> str:
@@ -234,9 +275,11 @@ def _trial_id(group: str, settings: Mapping[str, Any]) -> str:
     return f"{group}-{digest}"
 
 
-def load_sweep(path: str | Path, base_dir: str | Path | None = None, max_trials: int = MAX_TRIALS) -> SweepSpec:
+def load_sweep(path: str | Path, base_dir: str | Path | None = None, max_trials: int = MAX_TRIALS,
+               overrides: SweepOverrides | None = None) -> SweepSpec:
     """Read, validate and expand a sweep file. Relative paths are taken from ``base_dir`` (default: cwd).
 
+    ``overrides``: the command line's changes (:class:`SweepOverrides`), applied before expansion.
     A sweep of more than ``max_trials`` trials is refused before its grid is expanded.
     """
     source = str(path)
@@ -310,11 +353,70 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None, max_trials:
     spec = SweepSpec(name=name, source=source, storage_path=storage, tracking_uri=uri, experiment=experiment,
                      resources=resources, max_concurrent=max_concurrent, max_failures=max_failures,
                      seeds=seeds, base=base, groups=tuple(groups), description=data.get("description", ""))
+    if overrides is not None:
+        spec = _override(spec, overrides, where, base_dir)
     try:
         check_trial_count(count_trials(spec), max_trials)
     except ConfigError as exc:
         raise where.error("groups", str(exc)) from None
     return dataclasses.replace(spec, trials=tuple(_expand(spec, where, base_dir)))
+
+
+def _flag_error(flag: str, message: str) -> ConfigError:
+    return ConfigError(f"Command-line flag {flag}: {message}")
+
+
+def _override(spec: SweepSpec, o: SweepOverrides, where: _Where, base_dir: Path) -> SweepSpec:
+    groups = list(spec.groups)
+    if o.only:
+        names = [g.name for g in groups]
+        for pattern in o.only:
+            if not fnmatch.filter(names, pattern):
+                raise _flag_error(f"--only {pattern}", f"matches no group of {spec.source}; its groups are "
+                                                       f"{', '.join(names)} (globs such as 'mnist-*' work).")
+        groups = [g for g in groups if any(fnmatch.fnmatchcase(g.name, p) for p in o.only)]
+    forced = {}
+    if o.settings:
+        raw = parse_overrides(list(o.settings))
+        check_keys(raw, "--set")
+        for key, value in raw.items():
+            if key in ("seed", "mlflow_tracking_uri", "mlflow_experiment"):
+                raise _flag_error(f"--set {key}", "is set by the sweep: use --seeds, or --local for the store.")
+            try:
+                forced[key] = coerce(key, value)
+            except ConfigError as exc:
+                raise _flag_error(f"--set {key}", str(exc)) from None
+            for g in groups:
+                if key in g.grid or any(key in p for p in g.points):
+                    raise _flag_error(f"--set {key}", f"group {g.name!r} varies {key} (its grid or points): "
+                                                      "forcing one value would merge its trials. Pick groups "
+                                                      "with --only, or edit the file.")
+    if o.seeds is not None:
+        seeds = where.seeds(list(o.seeds), "--seeds")
+        groups = [dataclasses.replace(g, seeds=seeds) for g in groups]
+    if o.cpu is not None or o.gpu is not None:
+        for flag, value in (("--cpu", o.cpu), ("--gpu", o.gpu)):
+            if value is not None and (value < 0 or (value > 1 and value != int(value))):
+                raise _flag_error(f"{flag} {value:g}", "a trial takes >= 0 CPUs and a fraction of one GPU or "
+                                                        "whole GPUs.")
+        groups = [dataclasses.replace(g, resources=Resources(g.resources.cpu if o.cpu is None else float(o.cpu),
+                                                             g.resources.gpu if o.gpu is None else float(o.gpu)))
+                  for g in groups]
+    storage, uri, base = spec.storage_path, spec.tracking_uri, dict(spec.base)
+    if o.local:
+        storage = str((base_dir / "ray_results").resolve())
+        uri = normalize_tracking_uri("sqlite:///mlflow.db", base_dir)
+        base.pop("data_root", None)  # a cluster path; ROBUSTSWEEP_DATA_ROOT or --set data_root decide
+    name, experiment = spec.name, spec.experiment
+    if o.name:
+        name = where.safe_name(o.name, "--name", "sweep")
+    elif o.trial_flags():
+        name = f"{spec.name}-{hashlib.sha1(o.trial_flags().encode()).hexdigest()[:6]}"
+    if name != spec.name:
+        experiment = name  # the file's experiment holds the file's sweep
+    return dataclasses.replace(spec, name=name, storage_path=storage, tracking_uri=uri, experiment=experiment,
+                               base=base, groups=tuple(groups), forced=forced, flags=o.flags(),
+                               seeds=o.seeds if o.seeds is not None else spec.seeds)
 
 
 def count_trials(spec: SweepSpec) -> int:
@@ -330,7 +432,7 @@ def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:
         combos = itertools.product(group.points, itertools.product(*(group.grid[k] for k in keys)), group.seeds)
         for extra, point, seed in combos:
             chosen = {**extra, **dict(zip(keys, point))}
-            values = {**spec.base, **group.settings, **chosen, "seed": seed,
+            values = {**spec.base, **group.settings, **chosen, **spec.forced, "seed": seed,
                       "mlflow_tracking_uri": spec.tracking_uri, "mlflow_experiment": spec.experiment}
             values.setdefault("data_root", default_data_root())  # workers may not share our environment
             values = _absolute_paths({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()},
