@@ -295,3 +295,20 @@ groups:
     (run,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
     assert run.data.tags["sweep_flags"] == "--set epochs=1 --only a --seeds 3" and run.data.tags["sweep"] == name
     assert (run.data.params["epochs"], run.data.params["seed"], run.data.params["lr"]) == ("1", "3", "0.05")
+
+
+def test_gpu_auto_takes_a_share_where_there_are_gpus_and_none_where_there_are_none(tmp_path):
+    # The embedded default runs on the local GPU when there is one (the logic, checked without a GPU).
+    from robustsweep.sweep import AUTO_GPU_SHARE, Resources, SweepOverrides, Trial
+
+    smoke = load_sweep(REPO / "sweeps" / "smoke.yaml")
+    assert all(t.resources.gpu_auto and t.config.device == "auto" for t in smoke.trials)
+    first = smoke.trials[0]
+    assert first.resources.for_cluster(True) == Resources(1.0, AUTO_GPU_SHARE)
+    assert first.resources.for_cluster(False) == Resources(1.0, 0.0)
+    assert Trial.from_json(first.to_json()).resources.gpu_auto  # saved for resume as it was
+    assert Resources(2.0, 0.5).for_cluster(False) == Resources(2.0, 0.5)  # an explicit share stays
+    forced = load_sweep(REPO / "sweeps" / "smoke.yaml", overrides=SweepOverrides(gpu=0.5))
+    assert all(t.resources == Resources(1.0, 0.5) for t in forced.trials)
+    kept = load_sweep(REPO / "sweeps" / "smoke.yaml", overrides=SweepOverrides(cpu=2))
+    assert all(t.resources.gpu_auto and t.resources.cpu == 2.0 for t in kept.trials)

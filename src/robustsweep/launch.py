@@ -347,6 +347,19 @@ def _launched_by_ray_up() -> bool:
     return Path("~/ray_bootstrap_config.yaml").expanduser().is_file()
 
 
+def _settle_auto_gpu(trials: list[Trial], log: Callable[[str], None]) -> list[Trial]:
+    """Trials whose sweep says ``gpu: auto`` take a GPU share where the Ray cluster has GPUs, none elsewhere."""
+    import dataclasses
+
+    import ray
+
+    if not any(t.resources.gpu_auto for t in trials):
+        return trials
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    log(f"robustsweep: gpu: auto -> {'a GPU share per trial' if has_gpus else 'no GPU in this Ray cluster: CPU'}")
+    return [dataclasses.replace(t, resources=t.resources.for_cluster(has_gpus)) for t in trials]
+
+
 def _check_cluster_resources(trials: list[Trial], address: str | None, log: Callable[[str], None]) -> None:
     demands = [t.resources.as_dict() for t in trials]
     for warning in check_resources(demands, autoscaling=not _local(address) and _launched_by_ray_up()):
@@ -372,7 +385,7 @@ def launch(spec: SweepSpec, *, address: str | None = None, verbose: int = 1,
     from ray import tune
 
     _init_ray(address)
-    trials = list(spec.trials)
+    trials = _settle_auto_gpu(list(spec.trials), log)
     _check_cluster_resources(trials, address, log)
     _prepare_tracking(spec)
     _save_spec(spec)
@@ -397,7 +410,7 @@ def resume(name: str, *, storage_path: str | None = None, address: str | None = 
     from ray import tune
 
     _init_ray(address)
-    _check_cluster_resources(saved.trials, address, log)
+    _check_cluster_resources(_settle_auto_gpu(saved.trials, log), address, log)
     if not tune.Tuner.can_restore(saved.experiment_dir):
         raise UserError(f"Ray has no restorable experiment state in {saved.experiment_dir} (the driver may have "
                         "died before Ray wrote it). Launch the sweep again: trials already FINISHED in MLflow "

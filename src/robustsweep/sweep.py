@@ -23,6 +23,7 @@ A sweep file (``sweeps/*.yaml``)::
           - {momentum: 0.9}
           - {weight_decay: 0.005}
         resources: {gpu: 0.5}      # optional, overrides the sweep's per-trial resources
+                                   # (gpu: auto = a quarter of a GPU where the cluster has GPUs, else none)
         seeds: [0, 1, 2]           # optional, overrides the sweep's seeds for this group
 
 A trial = base + set + one point (if any) + one grid point + one seed. Unknown keys, wrong types,
@@ -62,13 +63,25 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MLFLOW_KEYS = {"tracking_uri", "experiment"}
 
 
+#: The GPU share of a trial whose sweep says ``gpu: auto`` when the cluster has GPUs (four M1 trials a GPU).
+AUTO_GPU_SHARE = 0.25
+
+
 @dataclass(frozen=True)
 class Resources:
     cpu: float = 1.0
     gpu: float = 0.0
+    #: ``gpu: auto`` in the sweep file: ``gpu`` where the Ray cluster has GPUs, none where it has none.
+    gpu_auto: bool = False
 
     def as_dict(self) -> dict[str, float]:
         return {"CPU": self.cpu, "GPU": self.gpu}
+
+    def for_cluster(self, has_gpus: bool) -> "Resources":
+        """``gpu: auto`` settled: the share where there are GPUs, 0 (and the CPU) where there are none."""
+        if not self.gpu_auto:
+            return self
+        return Resources(self.cpu, self.gpu if has_gpus else 0.0)
 
 
 @dataclass(frozen=True)
@@ -211,10 +224,16 @@ class _Where:
     def resources(self, value: Any, path: str, default: Resources) -> Resources:
         data = self.mapping(value, path, _RESOURCE_KEYS)
         out = {}
+        if data.get("gpu") == "auto":
+            data = {**data, "gpu": AUTO_GPU_SHARE}
+            out["gpu_auto"] = True
+        elif "gpu" not in data and default.gpu_auto:
+            out["gpu_auto"] = True
         for key in ("cpu", "gpu"):
             v = data.get(key, getattr(default, key))
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise self.error(f"{path}.{key}", f"expected a number >= 0, got {v!r}.")
+                raise self.error(f"{path}.{key}", f"expected a number >= 0{' or auto' if key == 'gpu' else ''}, "
+                                                  f"got {v!r}.")
             out[key] = float(v)
         if out["gpu"] > 1 and out["gpu"] != int(out["gpu"]):
             raise self.error(f"{path}.gpu", f"a trial takes a fraction of one GPU or whole GPUs, not {out['gpu']}.")
@@ -399,9 +418,11 @@ def _override(spec: SweepSpec, o: SweepOverrides, where: _Where, base_dir: Path)
             if value is not None and (value < 0 or (value > 1 and value != int(value))):
                 raise _flag_error(f"{flag} {value:g}", "a trial takes >= 0 CPUs and a fraction of one GPU or "
                                                         "whole GPUs.")
-        groups = [dataclasses.replace(g, resources=Resources(g.resources.cpu if o.cpu is None else float(o.cpu),
-                                                             g.resources.gpu if o.gpu is None else float(o.gpu)))
-                  for g in groups]
+        changes = {"cpu": None if o.cpu is None else float(o.cpu), "gpu": None if o.gpu is None else float(o.gpu)}
+        if o.gpu is not None:
+            changes["gpu_auto"] = False  # an explicit share replaces `gpu: auto`
+        changes = {k: v for k, v in changes.items() if v is not None}
+        groups = [dataclasses.replace(g, resources=dataclasses.replace(g.resources, **changes)) for g in groups]
     storage, uri, base = spec.storage_path, spec.tracking_uri, dict(spec.base)
     if o.local:
         storage = str((base_dir / "ray_results").resolve())
