@@ -112,7 +112,7 @@ def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
     assert "PGD: 2 steps of 2.5 eps / steps (Madry et al.), from a uniform random start" in page
     assert "Attacked: the first 40 test images" in (out / "tables.md").read_text()
     # tables aggregate the two seeds: mean ± std (n=2) against MLflow's numbers
-    table = (out / "tables.md").read_text()
+    table = (out / "tables.md").read_text().split("## Cost")[0]  # the per-group tables
     sgd32 = [mlflow_runs[r].data.metrics["clean_acc"] for r in
              runs[(runs.variant == "sgd") & (runs.batch_size == 25) & (runs.group == "constant-lr")]["run_id"]]
     assert f"{np.mean(sgd32):.4f} ± {np.std(sgd32, ddof=1):.2g} (n=2)" in table
@@ -126,6 +126,13 @@ def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
         assert not cells[" hessian_top_eig "].strip()
     corr = pd.read_csv(out / "correlation.csv")
     assert set(corr["scope"]) == {"all", "mnist"} and (corr["n"] == 4).all()  # diverged, collapsed excluded
+    # where the time went, from the seconds each trial logged: per variant, and the sweep's total hours
+    cost = pd.read_csv(out / "cost.csv").set_index("variant")
+    assert list(cost.index) == ["adam", "sgd", "all (hours, summed)"] and list(cost["trials"]) == [4, 6, 10]
+    sgd_runs = runs[runs.variant == "sgd"]
+    assert cost.loc["sgd", "PGD"] == pytest.approx(sgd_runs["seconds_pgd"].mean(), abs=0.006)
+    assert cost.loc["sgd", "training"] > 0
+    assert cost.loc["all (hours, summed)", "PGD"] == pytest.approx(runs["seconds_pgd"].sum() / 3600, abs=6e-4)
     # the conclusions come first on the page; this sweep has neither ratio nor momentum runs
     conclusions = pd.read_csv(out / "conclusions.csv")
     assert len(conclusions) == 4 and list(conclusions["verdict"])[1::2] == ["not run", "not run"]

@@ -8,6 +8,7 @@
 * ``*.png`` — each measurement against batch size, learning curves, the correlation scatter;
 * ``index.html`` — all of the above on one page that works offline;
 * ``problems.csv`` — failed, diverged, collapsed and unfinished trials and runs missing metrics, with the reason;
+* ``cost.csv`` — seconds per trial in each phase (training, test passes, attacks, Hessian), per variant;
 * ``conclusions.csv`` — the study's claims (:mod:`.conclusions`), each with this sweep's statistic and a verdict.
 """
 
@@ -25,7 +26,7 @@ from .conclusions import conclusions, findings_table
 from .study_figures import STUDY_FIGURES, study_figure
 from .correlation import correlation_table
 from .figures import batch_size_figure, correlation_figure, learning_curves_figure, metric_label
-from .tables import ROW_KEYS, aggregate, display_table, to_html, to_markdown
+from .tables import ROW_KEYS, aggregate, cost_table, display_table, to_html, to_markdown
 
 __all__ = ["make_report", "Report", "collect"]
 
@@ -138,6 +139,10 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
         if col in corr_display:
             corr_display[col] = corr_display[col].map(lambda v: f"{v:.3g}")
     markdown += ["## Curvature and robustness (Spearman)", "", to_markdown(corr_display), ""]
+    cost = cost_table(runs.table)
+    cost.to_csv(out / "cost.csv", index=False)
+    markdown += ["## Cost: seconds per trial in each phase (mean), and the sweep's total hours", "",
+                 to_markdown(cost) if not cost.empty else "No timings logged.", ""]
     markdown += ["## Failed, diverged, collapsed and unfinished trials", "",
                  to_markdown(problems) if not problems.empty else "None.", ""]
 
@@ -149,11 +154,13 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
     markdown[4:4] = ["## Conclusions", "", to_markdown(findings), "", "## Attack settings", "", settings, ""]
     (out / "tables.md").write_text("\n".join(markdown))
     toc = [("conclusions", "Conclusions"), ("attacks", "Attack settings"), *[(i, t) for i, t, _ in sections],
-           ("curvature", "Curvature and robustness"), ("problems", "Failed, diverged, collapsed and unfinished trials")]
+           ("curvature", "Curvature and robustness"), ("cost", "Cost"),
+           ("problems", "Failed, diverged, collapsed and unfinished trials")]
     report.index.write_text(_PAGE.format(
         name=html.escape(runs.name), uri=html.escape(runs.tracking_uri), experiment=html.escape(runs.experiment),
         n=len(df), conclusions=to_html(findings), margin=COLLAPSE_MARGIN, chance=CHANCE_ACCURACY,
         attacks=html.escape(settings), problems=problems_html, correlation=corr_html,
+        cost=to_html(cost) if not cost.empty else "<p>No timings logged.</p>",
         toc="".join(f'<li><a href="#{i}">{html.escape(t)}</a></li>' for i, t in toc),
         sections="".join(f'<h2 id="{i}">{html.escape(t)}</h2>{body}' for i, t, body in sections)))
     return report
@@ -190,6 +197,9 @@ way (p &lt; 0.05 for a trend); contradicted: every test goes against it; inconcl
 <h2 id="curvature">Curvature and robustness</h2>
 <p>Spearman rank correlation between the top Hessian eigenvalue and each attack ratio, over all finished
 trials and per dataset (diverged and collapsed trials excluded).</p>{correlation}
+<h2 id="cost">Cost</h2>
+<p>Seconds per trial in each phase, mean per variant, as the trials logged them; the last row is the sweep's
+total, in hours. Process start, data loading and MLflow are outside the phases.</p>{cost}
 <h2 id="problems">Failed, diverged, collapsed and unfinished trials</h2>
 <p>A collapsed trial finished with clean accuracy within {margin:g} of chance ({chance:g}): attacks cannot lower it, so its
 attack ratios and top eigenvalue are left out of the tables, figures and correlations.</p>{problems}

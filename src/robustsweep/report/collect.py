@@ -10,7 +10,7 @@ import pandas as pd
 from ..config import yaml_load
 from ..errors import UserError
 from ..launch import resolve_sweep, trial_runs
-from ..metrics import ATTACKED_CLEAN_ACC, HESSIAN_TOP_EIG, measurement_keys
+from ..metrics import ATTACKED_CLEAN_ACC, EVAL_PHASES, HESSIAN_TOP_EIG, measurement_keys, phase_seconds_key
 from ..sweep import Trial
 from ..tracking import make_client
 
@@ -102,9 +102,12 @@ def collect(sweep: str, *, tracking_uri: str | None = None, storage_path: str | 
             if missing:
                 problems.append({"trial_id": trial_id, "kind": "missing metrics", "run_id": run.info.run_id,
                                  "reason": "run has no " + ", ".join(missing)})
-        rows.append(row)
+        row.update({phase_seconds_key(p): metrics.get(phase_seconds_key(p)) for p in EVAL_PHASES})
         if curves:
-            histories[run.info.run_id] = _history(client, run.info.run_id)
+            history = histories[run.info.run_id] = _history(client, run.info.run_id)
+            for key, column in (("epoch_seconds", "seconds_training"), ("test_seconds", "seconds_test_passes")):
+                row[column] = float(history[key].sum()) if key in history and history[key].notna().any() else None
+        rows.append(row)
     eps = {dataset: sorted(values) for dataset, values in eps_sets.items()}
     return SweepRuns(name, uri, experiment, eps, pd.DataFrame(rows), problems, histories)
 
@@ -121,7 +124,7 @@ def for_analysis(table: pd.DataFrame) -> pd.DataFrame:
 
 def _history(client, run_id: str) -> pd.DataFrame:
     frames = []
-    for key in ("train_loss", "test_acc"):
+    for key in ("train_loss", "test_acc", "epoch_seconds", "test_seconds"):
         points = client.get_metric_history(run_id, key)
         frames.append(pd.Series({m.step: m.value for m in points}, name=key, dtype=float))
     return pd.concat(frames, axis=1).sort_index()

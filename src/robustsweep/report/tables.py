@@ -105,3 +105,29 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:g}"
     return "" if value is None else str(value)
+
+
+#: Where a trial's time went, in the order it is spent (columns of runs.csv, seconds).
+COST_COLUMNS = {"seconds_training": "training", "seconds_test_passes": "test pass per epoch",
+                "seconds_clean_eval": "clean evaluation", "seconds_fgsm": "FGSM", "seconds_pgd": "PGD",
+                "seconds_hessian": "Hessian"}
+
+
+def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean seconds per trial in each phase, per variant, and the sweep's total hours (a last row).
+
+    Process start, data loading and MLflow are not in the phases: the sum is a lower bound on a
+    trial's wall time."""
+    present = [c for c in COST_COLUMNS if c in runs and runs[c].notna().any()]
+    if runs.empty or not present:
+        return pd.DataFrame()
+    rows = []
+    for variant, part in runs.groupby("variant"):
+        row = {"variant": variant, "trials": len(part)}
+        row.update({COST_COLUMNS[c]: round(float(part[c].mean()), 2) for c in present})
+        row["sum of phases, s/trial"] = round(sum(float(part[c].mean()) for c in present), 2)
+        rows.append(row)
+    total = {"variant": "all (hours, summed)", "trials": len(runs)}
+    total.update({COST_COLUMNS[c]: round(float(runs[c].sum()) / 3600, 3) for c in present})
+    total["sum of phases, s/trial"] = round(sum(float(runs[c].sum()) for c in present) / 3600, 3)
+    return pd.DataFrame(rows + [total])
