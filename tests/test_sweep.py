@@ -11,6 +11,9 @@ from robustsweep.errors import ConfigError
 from robustsweep.sweep import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
+#: Settings of a trial that takes a second on a CPU (with data_root and epochs).
+TINY_DEBUG = ("dataset: mnist, device: cpu, subset: 200, test_subset: 100, attack_subset: 20, pgd_steps: 1, "
+              "hessian_samples: 16, hessian_iters: 2, eval_batch_size: 100")
 
 VALID = """
 name: t
@@ -204,8 +207,7 @@ def test_debug_mode_keeps_going_past_a_failed_trial_and_never_duplicates_runs(tm
     path = _write(tmp_path, f"""
 name: dbg
 mlflow: {{tracking_uri: "{uri}"}}
-base: {{dataset: mnist, data_root: "{mnist_root}", device: cpu, subset: 200, test_subset: 100, epochs: 1,
-        attack_subset: 20, pgd_steps: 1, hessian_samples: 16, hessian_iters: 2, eval_batch_size: 100}}
+base: {{data_root: "{mnist_root}", epochs: 1, {TINY_DEBUG}}}
 groups:
   - name: broken
     set: {{fail_at_epoch: 1}}
@@ -280,8 +282,7 @@ def test_flags_are_recorded_on_every_run(tmp_path, mnist_root, capsys):
     path = _write(tmp_path, f"""
 name: flagged
 mlflow: {{tracking_uri: "{uri}"}}
-base: {{dataset: mnist, data_root: "{mnist_root}", device: cpu, subset: 200, test_subset: 100, epochs: 2,
-        attack_subset: 20, pgd_steps: 1, hessian_samples: 16, hessian_iters: 2, eval_batch_size: 100}}
+base: {{data_root: "{mnist_root}", epochs: 2, {TINY_DEBUG}}}
 groups:
   - name: a
     grid: {{lr: [0.05]}}

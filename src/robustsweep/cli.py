@@ -289,34 +289,32 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--storage-path", default=None, help="the sweep's storage_path (default ./ray_results)")
     status.set_defaults(func=cmd_status)
 
+    def sweep_source(p: argparse.ArgumentParser, verb: str = "read") -> None:
+        """The sweep (a file, or a launched sweep's name) and where its runs are."""
+        p.add_argument("sweep", help="sweep YAML file, or the name of a launched sweep")
+        p.add_argument("--tracking-uri", default=None, help=f"MLflow store to {verb} (default: the sweep's)")
+        p.add_argument("--storage-path", default=None, help="where a sweep given by name was launched")
+
     report = sub.add_parser("report", help="the study's tables and figures from a sweep's MLflow runs")
-    report.add_argument("sweep", help="sweep YAML file, or the name of a launched sweep")
+    sweep_source(report)
     report.add_argument("--out", default="report", help="output folder (default ./report)")
-    report.add_argument("--tracking-uri", default=None, help="MLflow store to read (default: the sweep's)")
-    report.add_argument("--storage-path", default=None, help="where a sweep given by name was launched")
     report.add_argument("--log-to-mlflow", action="store_true",
                         help="also attach the report to a summary run in the sweep's experiment")
     report.set_defaults(func=cmd_report)
 
     export = sub.add_parser("export", help="write a sweep's finished MLflow runs to a JSON-lines file to commit")
-    export.add_argument("sweep", help="sweep YAML file, or the name of a launched sweep")
+    sweep_source(export)
     export.add_argument("--out", required=True, help="file to write, e.g. results/<sweep>/runs.jsonl")
-    export.add_argument("--tracking-uri", default=None, help="MLflow store to read (default: the sweep's)")
-    export.add_argument("--storage-path", default=None, help="where a sweep given by name was launched")
     export.set_defaults(func=cmd_export)
 
     imp = sub.add_parser("import", help="recreate exported runs in a sweep's MLflow store (launch then skips them)")
     imp.add_argument("runs", help="file written by `robustsweep export`")
-    imp.add_argument("sweep", help="sweep YAML file, or the name of a launched sweep")
-    imp.add_argument("--tracking-uri", default=None, help="MLflow store to write (default: the sweep's)")
-    imp.add_argument("--storage-path", default=None, help="where a sweep given by name was launched")
+    sweep_source(imp, "write")
     imp.set_defaults(func=cmd_import)
 
     audit = sub.add_parser("audit", help="check that every trial has exactly one FINISHED MLflow run")
-    audit.add_argument("sweep", help="sweep YAML file, or the name of a launched sweep")
+    sweep_source(audit)
     audit.add_argument("--complete", action="store_true", help="also fail when some trial has no FINISHED run")
-    audit.add_argument("--tracking-uri", default=None, help="MLflow store to read (default: the sweep's)")
-    audit.add_argument("--storage-path", default=None, help="where a sweep given by name was launched")
     audit.set_defaults(func=cmd_audit)
 
     options = sub.add_parser("options", help="list every trial setting with its default and meaning")
