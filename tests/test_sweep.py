@@ -313,3 +313,19 @@ def test_gpu_auto_takes_a_share_where_there_are_gpus_and_none_where_there_are_no
     assert all(t.resources == Resources(1.0, 0.5) for t in forced.trials)
     kept = load_sweep(REPO / "sweeps" / "smoke.yaml", overrides=SweepOverrides(cpu=2))
     assert all(t.resources.gpu_auto and t.resources.cpu == 2.0 for t in kept.trials)
+
+
+def test_resume_and_status_remember_the_flags_a_sweep_was_launched_with(tmp_path):
+    # What `launch` saves beside Ray's state is what `resume` and `status` read back: the derived
+    # name, the forced settings in every trial, the seeds and resources, and the flags themselves.
+    from robustsweep.launch import _save_spec, load_saved_sweep
+    from robustsweep.sweep import SweepOverrides
+
+    spec = load_sweep(REPO / "sweeps" / "table1.yaml", base_dir=tmp_path, overrides=SweepOverrides(
+        local=True, settings=("epochs=3",), only=("mnist-step",), seeds=(4,), gpu=0.5))
+    _save_spec(spec)
+    saved = load_saved_sweep(spec.name, spec.storage_path)
+    assert saved.flags == spec.flags == "--local --set epochs=3 --only mnist-step --seeds 4 --gpu 0.5"
+    assert [t.trial_id for t in saved.trials] == [t.trial_id for t in spec.trials] and len(saved.trials) == 12
+    assert all(t.config.epochs == 3 and t.config.seed == 4 and t.resources.gpu == 0.5 for t in saved.trials)
+    assert saved.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
