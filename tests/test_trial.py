@@ -283,3 +283,20 @@ def test_eval_batch_size_defaults_per_device_and_channels_last_is_what_the_trial
     assert (config.eval_batch_for("cpu"), config.eval_batch_for("cuda")) == (EVAL_BATCH_CPU, EVAL_BATCH_CUDA)
     assert make_trial_config({"eval_batch_size": 77}).eval_batch_for("cuda") == 77
     assert config.channels_last and config.hessian_method == "lanczos" and not config.cuda_fast_math
+
+
+def test_phase_clock_synchronizes_a_gpu_before_reading_the_time(monkeypatch):
+    # CUDA kernels run asynchronously: a phase's seconds must wait for them (checked without a GPU).
+    from robustsweep.trial import _PhaseClock
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    out: dict[str, float] = {}
+    for device in (torch.device("cpu"), torch.device("cuda:0")):
+        with _PhaseClock(device, out)("pgd") as seconds:
+            pass
+        assert seconds[0] >= 0
+    assert synced == [torch.device("cuda:0")]
+    with _PhaseClock(torch.device("cpu"), out)("pgd"):
+        pass
+    assert set(out) == {"seconds_pgd"}  # one key per phase, the eps of a phase added up
