@@ -23,8 +23,7 @@ import torch  # noqa: E402
 from robustsweep import metrics as keys  # noqa: E402
 from robustsweep.config import load_trial_config  # noqa: E402
 from robustsweep.data import DeviceBatches, DeviceData  # noqa: E402
-from robustsweep.models import build_model  # noqa: E402
-from robustsweep.trial import _train_epoch, evaluate, prepare_device, resolve_device  # noqa: E402
+from robustsweep.trial import _train_epoch, build_trial_model, evaluate, prepare_device, resolve_device  # noqa: E402
 from robustsweep.variants import VARIANTS  # noqa: E402
 
 
@@ -46,9 +45,7 @@ def main() -> None:
     data = DeviceData.load(config.dataset, config.data_root, device, download=False, train_subset=config.subset,
                            test_subset=config.test_subset)
     torch.manual_seed(config.seed)
-    model = build_model(config.model).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_trial_model(config, device)
     variant = VARIANTS[config.variant](model, config, data.train, torch.Generator().manual_seed(config.seed + 1))
     batches = DeviceBatches(data.train, config.batch_size, torch.Generator().manual_seed(config.seed),
                             flip=config.augment_flip)

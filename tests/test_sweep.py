@@ -128,7 +128,7 @@ def test_group_seeds_override_the_sweeps_and_default_settings_leave_trial_ids_al
     # Naming a setting at its default does not change what is trained, so not the trial's id either:
     # ids stay stable when a later version adds a setting whose default keeps the old behaviour.
     plain = load_sweep(_write(tmp_path, VALID), base_dir=tmp_path)
-    explicit = load_sweep(_write(tmp_path, VALID.replace("epochs: 1}", "epochs: 1, channels_last: true, "
+    explicit = load_sweep(_write(tmp_path, VALID.replace("epochs: 1}", "epochs: 1, channels_last: null, "
                                                          "hessian_method: lanczos}"), "e.yaml"), base_dir=tmp_path)
     assert [t.trial_id for t in explicit.trials] == [t.trial_id for t in plain.trials]
     # A setting added later, at a default that keeps the old behaviour, leaves every id as it was.

@@ -68,7 +68,7 @@ def test_saved_weights_reproduce_every_final_metric_and_ratios_are_attack_over_a
     from robustsweep.hessian import hessian_sample, top_eigenvalue_with_iterations
     from robustsweep.models import M1
 
-    model = M1().to(memory_format=torch.channels_last)  # as the trial holds it (channels_last=true)
+    model = M1().to(memory_format=torch.channels_last)  # as the trial holds it on a CPU
     model.load_state_dict(torch.load(path, weights_only=True))
     test = load_split("mnist", mnist_root, train=False)
     assert clean_accuracy(model, *test.head(300).floats()) == m["clean_acc"]
@@ -276,13 +276,22 @@ def test_cuda_numerics_are_exact_float32_unless_fast_math_and_cpu_is_left_alone(
          torch.backends.cudnn.benchmark) = flags
 
 
-def test_eval_batch_size_defaults_per_device_and_channels_last_is_what_the_trial_trains():
+def test_eval_batch_and_memory_format_default_per_device():
     from robustsweep.config import EVAL_BATCH_CPU, EVAL_BATCH_CUDA
+    from robustsweep.trial import build_trial_model
 
     config = make_trial_config({})
     assert (config.eval_batch_for("cpu"), config.eval_batch_for("cuda")) == (EVAL_BATCH_CPU, EVAL_BATCH_CUDA)
     assert make_trial_config({"eval_batch_size": 77}).eval_batch_for("cuda") == 77
-    assert config.channels_last and config.hessian_method == "lanczos" and not config.cuda_fast_math
+    assert (config.channels_last_for("cpu"), config.channels_last_for("cuda")) == (True, False)
+    assert make_trial_config({"channels_last": True}).channels_last_for("cuda")
+    assert not make_trial_config({"channels_last": False}).channels_last_for("cpu")
+    conv = build_trial_model(config.resolved(), torch.device("cpu")).features[3].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    plain = build_trial_model(make_trial_config({"channels_last": False}).resolved(),
+                              torch.device("cpu")).features[3].weight
+    assert plain.is_contiguous()
+    assert config.hessian_method == "lanczos" and not config.cuda_fast_math
 
 
 def test_phase_clock_synchronizes_a_gpu_before_reading_the_time(monkeypatch):

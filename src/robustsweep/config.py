@@ -173,8 +173,11 @@ class TrialConfig:
                                     "relative change between iterations (PyHessian's tol).")
     cuda_fast_math: bool = _opt(False, "GPU only: TensorFloat-32 matmuls and convolutions and cuDNN's benchmark "
                                        "mode (faster, but the low bits of results change; see bench/).")
-    channels_last: bool = _opt(True, "Keep convolution weights in channels-last (NHWC) memory: about 1.4x faster "
-                                     "training and 2.5x faster attacks on a CPU (bench/); false = PyTorch's NCHW.")
+    channels_last: Optional[bool] = _opt(
+        None, "Convolution weights in channels-last (NHWC) memory (None = on a CPU, where oneDNN trains M1 1.4x and "
+              "attacks it 2.5x faster, off on a GPU, where M1's step was 7% slower; bench/). Results do not change "
+              "beyond float rounding."
+    )
 
     # ---- tracking ---------------------------------------------------------
     mlflow_tracking_uri: str = _opt("sqlite:///mlflow.db", "MLflow tracking URI (SQLite file, or http://host:port).")
@@ -186,6 +189,10 @@ class TrialConfig:
     )
 
     # -----------------------------------------------------------------------
+    def channels_last_for(self, device_type: str) -> bool:
+        """channels_last, or the device's default when it is None (on for a CPU, off for a GPU)."""
+        return device_type != "cuda" if self.channels_last is None else self.channels_last
+
     def eval_batch_for(self, device_type: str) -> int:
         """eval_batch_size, or the device's default when it is None."""
         if self.eval_batch_size is not None:

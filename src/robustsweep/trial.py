@@ -75,6 +75,14 @@ def prepare_device(config: TrialConfig, device: torch.device) -> None:
     torch.backends.cudnn.benchmark = fast
 
 
+def build_trial_model(config: TrialConfig, device: torch.device) -> torch.nn.Module:
+    """The trial's model on its device, in the memory format the config asks for there."""
+    model = build_model(config.model).to(device)
+    if config.channels_last_for(device.type):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def lr_at_epoch(config: TrialConfig, epoch: int) -> float:
     """Learning rate for 0-based ``epoch``: the initial rate times gamma per milestone passed."""
     base = config.effective_lr
@@ -243,9 +251,7 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
     if not run.resumed:
         run.log_datasets(dataset_inputs(config, data))
     torch.manual_seed(config.seed)
-    model = build_model(config.model).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_trial_model(config, device)
     data_generator = torch.Generator().manual_seed(config.seed)
     variant = VARIANTS[config.variant](model, config, data.train, torch.Generator().manual_seed(config.seed + 1))
     batches = DeviceBatches(data.train, config.batch_size, data_generator, flip=config.augment_flip,
