@@ -37,12 +37,12 @@ class ImportResult:
 
 
 def _finished_runs(client, experiment_id: str, sweep: str) -> Iterator[Any]:
-    from .launch import trial_runs
+    from .launch import trial_runs, trial_state
 
     for trial_id, runs in sorted(trial_runs(client, experiment_id, sweep).items()):
-        finished = [r for r in runs if r.info.status == "FINISHED"]
-        if trial_id and finished:
-            yield finished[0]  # newest FINISHED run of the trial (there is one, unless runs were copied in)
+        state, run = trial_state(runs)
+        if trial_id and state == "finished":
+            yield run  # newest FINISHED run of the trial (there is one, unless runs were copied in)
 
 
 def _record(client, run) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def import_runs(path: str | os.PathLike, uri: str, experiment: str, sweep: str) 
     """Recreate the exported runs of ``sweep`` in ``experiment`` at ``uri``; skip trials already FINISHED there."""
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
-    from .launch import trial_runs
+    from .launch import trial_runs, trial_state
     from .tracking import _retry_locked
 
     records = read_records(path)
@@ -111,7 +111,7 @@ def import_runs(path: str | os.PathLike, uri: str, experiment: str, sweep: str) 
     client = make_client(uri)
     experiment_id = get_or_create_experiment(client, experiment, uri)
     done = {trial_id for trial_id, runs in trial_runs(client, experiment_id, sweep).items()
-            if any(r.info.status == "FINISHED" for r in runs)}
+            if trial_state(runs)[0] == "finished"}
     imported = skipped = 0
     for record in records:
         if record["trial_id"] in done:

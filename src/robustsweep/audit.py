@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .launch import resolve_sweep, trial_runs
+from .launch import resolve_sweep, trial_runs, trial_state
 from .tracking import make_client
 
 
@@ -57,19 +57,17 @@ def audit(sweep: str, tracking_uri: str | None = None, storage_path: str | None 
     runs = trial_runs(client, exp.experiment_id, name) if exp else {}
     result = Audit(name, len(trials), 0)
     expected = {t.trial_id for t in trials}
+    lists = {"pending": result.pending, "running": result.running, "failed": result.failed}
     for trial in trials:
         mine = runs.get(trial.trial_id, [])
-        finished = [r for r in mine if r.info.status == "FINISHED"]
-        if len(finished) > 1:
-            result.duplicated.append((trial.trial_id, len(finished)))
-        elif finished:
+        state, run = trial_state(mine)
+        finished = sum(r.info.status == "FINISHED" for r in mine)
+        if finished > 1:
+            result.duplicated.append((trial.trial_id, finished))
+        elif state == "finished":
             result.finished += 1
-            result.outcomes[finished[0].data.tags.get("outcome", "finished")] += 1
-        elif not mine:
-            result.pending.append(trial.trial_id)
-        elif mine[0].info.status == "RUNNING":
-            result.running.append(trial.trial_id)
+            result.outcomes[run.data.tags.get("outcome", "finished")] += 1
         else:
-            result.failed.append(trial.trial_id)
+            lists[state].append(trial.trial_id)
     result.stray = sorted(t for t in runs if t not in expected)
     return result

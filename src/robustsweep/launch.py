@@ -52,6 +52,18 @@ def trial_runs(client, experiment_id: str, sweep: str) -> dict[str, list[Any]]:
             return runs
 
 
+def trial_state(runs: list[Any]) -> tuple[str, Any]:
+    """A trial's state from its MLflow runs (newest first), with the run that decides it:
+    ("finished", its newest FINISHED run), ("pending", None), ("running", the newest run: RUNNING) or
+    ("failed", the newest run: FAILED or KILLED). Shared by status, audit, export and the report."""
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    if finished:
+        return "finished", finished[0]
+    if not runs:
+        return "pending", None
+    return ("running" if runs[0].info.status == "RUNNING" else "failed"), runs[0]
+
+
 def _existing_run(uri: str, experiment: str, sweep: str, trial_id: str):
     """This trial's MLflow run from an earlier attempt, preferring a FINISHED one."""
     client = make_client(uri)
@@ -62,8 +74,7 @@ def _existing_run(uri: str, experiment: str, sweep: str, trial_id: str):
                               filter_string=(f"tags.sweep = {filter_value(sweep)} and "
                                              f"tags.trial_id = {filter_value(trial_id)}"),
                               order_by=["attributes.start_time DESC"])
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    return (finished or runs or [None])[0]
+    return trial_state(runs)[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,17 +494,15 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
     counts = {k: 0 for k in STATUS_KEYS}
     failures = []
     for trial in saved.trials:
-        mine = runs.get(trial.trial_id, [])
-        finished = [r for r in mine if r.info.status == "FINISHED"]
-        if finished:
-            outcome = finished[0].data.tags.get("outcome", "finished")
+        state, run = trial_state(runs.get(trial.trial_id, []))
+        if state == "finished":
+            outcome = run.data.tags.get("outcome", "finished")
             counts[outcome if outcome in ("collapsed", "diverged") else "finished"] += 1
-        elif not mine:
-            counts["pending"] += 1
-        elif mine[0].info.status == "RUNNING":
+        elif state == "running":
             counts["interrupted" if driver == "gone" else "running"] += 1
         else:
-            counts["failed"] += 1
-            failures.append((trial.trial_id, mine[0].data.tags.get("error", mine[0].info.status)))
+            counts[state] += 1
+            if state == "failed":
+                failures.append((trial.trial_id, run.data.tags.get("error", run.info.status)))
     return SweepStatus(name, counts, len(saved.trials), saved.tracking_uri, saved.experiment,
                        saved.experiment_dir, failures, driver, exp.experiment_id if exp else None)

@@ -9,9 +9,8 @@ import pandas as pd
 
 from ..config import yaml_load
 from ..errors import UserError
-from ..launch import resolve_sweep, trial_runs
+from ..launch import resolve_sweep, trial_runs, trial_state
 from ..metrics import ATTACKED_CLEAN_ACC, EVAL_PHASES, HESSIAN_TOP_EIG, measurement_keys, phase_seconds_key
-from ..sweep import Trial
 from ..tracking import make_client
 
 #: Settings that describe a trial's configuration in tables and legends, in this order.
@@ -36,11 +35,6 @@ class SweepRuns:
     curves: dict[str, pd.DataFrame] = field(default_factory=dict)  # run_id -> per-epoch metrics
 
 
-def _source(sweep: str, tracking_uri: str | None, storage_path: str | None) -> tuple[str, str, str, list[Trial]]:
-    """(name, tracking uri, experiment, expected trials) from a sweep file or a launched sweep's name."""
-    return resolve_sweep(sweep, tracking_uri, storage_path)
-
-
 def _param(params: dict[str, str], key: str) -> Any:
     raw = params.get(key)
     if raw in (None, "None"):
@@ -54,7 +48,7 @@ def _param(params: dict[str, str], key: str) -> Any:
 
 def collect(sweep: str, *, tracking_uri: str | None = None, storage_path: str | None = None,
             curves: bool = True) -> SweepRuns:
-    name, uri, experiment, trials = _source(sweep, tracking_uri, storage_path)
+    name, uri, experiment, trials = resolve_sweep(sweep, tracking_uri, storage_path)
     client = make_client(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = trial_runs(client, exp.experiment_id, name) if exp is not None else {}
@@ -68,17 +62,15 @@ def collect(sweep: str, *, tracking_uri: str | None = None, storage_path: str | 
         eps_sets.setdefault(t.config.dataset, set()).update(t.config.eps)
     rows, problems, histories = [], [], {}
     for trial_id in sorted(set(expected) | set(runs)):
-        mine = runs.get(trial_id, [])
-        finished = [r for r in mine if r.info.status == "FINISHED"]
-        if not finished:
-            latest = mine[0] if mine else None
-            state = "unfinished" if latest is None or latest.info.status == "RUNNING" else "failed"
-            reason = ("no run yet" if latest is None else "still running" if state == "unfinished"
-                      else latest.data.tags.get("error", latest.info.status))
-            problems.append({"trial_id": trial_id, "kind": state, "reason": reason,
-                             "run_id": latest.info.run_id if latest else ""})
+        state, run = trial_state(runs.get(trial_id, []))
+        if state != "finished":
+            if state == "failed":
+                reason = run.data.tags.get("error", run.info.status)
+            else:
+                reason = "no run yet" if state == "pending" else "still running"
+            problems.append({"trial_id": trial_id, "kind": "failed" if state == "failed" else "unfinished",
+                             "reason": reason, "run_id": run.info.run_id if run else ""})
             continue
-        run = finished[0]
         params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
         row: dict[str, Any] = {"trial_id": trial_id, "group": tags.get("group", ""), "run_id": run.info.run_id,
                                "outcome": tags.get("outcome", "finished")}
