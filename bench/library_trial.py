@@ -21,6 +21,7 @@ import resource  # noqa: E402
 import torch  # noqa: E402
 
 from robustsweep import metrics as keys  # noqa: E402
+from robustsweep.allocator import keep_freed_memory  # noqa: E402
 from robustsweep.config import load_trial_config  # noqa: E402
 from robustsweep.data import DeviceBatches, DeviceData  # noqa: E402
 from robustsweep.trial import _train_epoch, build_trial_model, evaluate, prepare_device, resolve_device  # noqa: E402
@@ -35,6 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     overrides = [f"data_root={args.data_root}", "download=false", "augment_flip=true", *args.set]
     config = load_trial_config(None, overrides).resolved()
+    keep_freed_memory()  # as run_trial does
     device = resolve_device(config.device)
     prepare_device(config, device)
 

@@ -81,3 +81,21 @@ def test_scientific_notation_reads_as_a_number(tmp_path):
     path.write_text("lr: 1e-3\nhessian_tol: 1e-6\n")
     config = load_trial_config(path, ["weight_decay=5e-4"])
     assert (config.lr, config.hessian_tol, config.weight_decay) == (0.001, 1e-6, 0.0005)
+
+
+def test_checking_the_study_file_does_not_import_torch():
+    """`robustsweep run` starts its MLflow process before torch is imported, so checking a config must not
+    import it; the variants' names are declared in config.VARIANT_NAMES for that."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    study = Path(__file__).resolve().parents[1] / "sweeps" / "table1.yaml"
+    script = ("import sys\nfrom robustsweep.sweep import load_sweep\n"
+              f"spec = load_sweep({str(study)!r})\n"
+              "from robustsweep.config import load_trial_config\nload_trial_config(None, ['variant=svrg']).resolved()\n"
+              "print(len(spec.trials), 'torch' in sys.modules)\n"
+              "from robustsweep.config import VARIANT_NAMES\nfrom robustsweep.variants import VARIANTS\n"
+              "print(sorted(VARIANTS) == sorted(VARIANT_NAMES))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["160", "False", "True"], out.stderr[-2000:]

@@ -65,6 +65,9 @@ STUDY_BASE_LR = 0.01
 #: sgdnoise's sigma when none is given: the study's Algorithm 2 draws W = 1 + V, V Gaussian of a fixed
 #: scale it does not state; 1.0 doubles the minibatch gradient-noise covariance at every batch size.
 DEFAULT_NOISE_STD = 1.0
+#: The optimizer variants, one module each in robustsweep.variants (named here so that checking a
+#: config does not import torch; variants/__init__.py refuses to load if the two disagree).
+VARIANT_NAMES = ("sgd", "svrg", "sgdnoise", "sgdselective", "adam", "adamw")
 #: The model each dataset is trained with in the study.
 MODEL_FOR_DATASET = {"mnist": "m1", "cifar10": "vgg11"}
 DATA_ROOT_ENV = "ROBUSTSWEEP_DATA_ROOT"
@@ -236,13 +239,11 @@ class TrialConfig:
 
     def validate(self) -> None:
         """Check values and cross-field rules; raise ConfigError naming the key."""
-        from .variants import VARIANTS  # late import: variants import this module
-
         def bad(key: str, value: Any, allowed: str) -> ConfigError:
             return ConfigError(f"Invalid trial setting {key}={value!r}: {allowed}.")
 
-        if self.variant not in VARIANTS:
-            raise bad("variant", self.variant, "allowed variants are " + ", ".join(sorted(VARIANTS)))
+        if self.variant not in VARIANT_NAMES:
+            raise bad("variant", self.variant, "allowed variants are " + ", ".join(sorted(VARIANT_NAMES)))
         if self.model is not None and MODEL_FOR_DATASET[self.dataset] != self.model:
             raise bad("model", self.model,
                       f"dataset {self.dataset} is trained with model {MODEL_FOR_DATASET[self.dataset]}")

@@ -1,11 +1,16 @@
 """Datasets as tensors on the training device, with device-side shuffling and augmentation.
 
-MNIST and CIFAR-10 are read once through torchvision's dataset classes (from
-``data_root``, downloading when allowed and possible) and kept as uint8
-tensors on the training device, airbench-style: a minibatch is an index into
-those tensors, converted to float in [0, 1] on the device, flipped and cropped
-there with tensor operations. No DataLoader, no worker processes, no
-per-sample CPU transforms.
+MNIST and CIFAR-10 are read once from ``data_root``, in the layout
+torchvision's dataset classes use (``MNIST/raw/*-ubyte``,
+``cifar-10-batches-py/``), and kept as uint8 tensors on the training device,
+airbench-style: a minibatch is an index into those tensors, converted to
+float in [0, 1] on the device, flipped and cropped there with tensor
+operations. No DataLoader, no worker processes, no per-sample CPU transforms.
+
+MNIST's IDX files are read here directly: importing torchvision costs more
+than a second per process (it pulls in torch._dynamo), as much as reading
+the files many times over. torchvision is imported only to download MNIST
+and to read CIFAR-10.
 
 Random numbers for the data order and augmentation come from one CPU
 ``torch.Generator`` (tiny tensors, moved to the device), so the same seed
@@ -22,7 +27,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torchvision
 
 from .errors import DataError
 
@@ -32,25 +36,29 @@ NORMALIZATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
 
+#: MNIST's files under <data_root>/MNIST/raw, as torchvision leaves them after a download.
+MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
-class _CIFAR10(torchvision.datasets.CIFAR10):
+
+def _cifar10_class(verify_checksums: bool):
     """torchvision's CIFAR10 reader, with the md5 check optional for self-written CIFAR-format files."""
+    import torchvision
 
-    def __init__(self, *args, verify_checksums: bool = True, **kwargs):
-        self._verify = verify_checksums
-        super().__init__(*args, **kwargs)
+    class CIFAR10(torchvision.datasets.CIFAR10):
+        def _check_integrity(self) -> bool:
+            if verify_checksums:
+                return super()._check_integrity()
+            folder = Path(self.root) / self.base_folder
+            return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
 
-    def _check_integrity(self) -> bool:
-        if self._verify:
-            return super()._check_integrity()
-        folder = Path(self.root) / self.base_folder
-        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+        def _load_meta(self) -> None:
+            if verify_checksums:
+                super()._load_meta()
+            else:
+                self.classes = [str(i) for i in range(10)]
 
-    def _load_meta(self) -> None:
-        if self._verify:
-            super()._load_meta()
-        else:
-            self.classes = [str(i) for i in range(10)]
+    return CIFAR10
 
 
 @dataclass
@@ -85,17 +93,48 @@ def _missing_message(dataset: str, root: Path, why: str) -> str:
     )
 
 
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (MNIST's format: a zero word's high bytes, type 0x08, the number
+    of dimensions, each dimension as a big-endian int32, then the values) as an array of that shape."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (it starts {bytes(raw[:4]).hex() or 'empty'}). "
+                        "It is damaged or not MNIST: delete it and copy or download MNIST again.")
+    ndim = int(raw[3])
+    shape = tuple(int(d) for d in raw[4:4 + 4 * ndim].view(">i4")) if len(raw) >= 4 + 4 * ndim else ()
+    values = raw[4 + 4 * ndim:]
+    if len(shape) != ndim or int(np.prod(shape)) != len(values):
+        raise DataError(f"{path} holds {len(values)} values where its header promises shape {shape}: the file is "
+                        "truncated or damaged. Delete it and copy or download MNIST again.")
+    return values.reshape(shape)
+
+
+def _read_mnist(root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    raw = root / "MNIST" / "raw"
+    paths = [raw / name for name in MNIST_FILES[train]]
+    if download and not all(p.is_file() for p in paths):
+        import torchvision
+
+        torchvision.datasets.MNIST(root=str(root), train=train, download=True)
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no {', '.join(missing)} there")
+    images, labels = (torch.from_numpy(read_idx(p)) for p in paths)
+    if images.ndim != 3 or labels.shape != images.shape[:1]:
+        raise DataError(f"{paths[0]} and {paths[1]} do not match as MNIST images and labels (shapes "
+                        f"{tuple(images.shape)} and {tuple(labels.shape)}). Delete them and copy or download MNIST again.")
+    return images.unsqueeze(1).contiguous(), labels.long()
+
+
 def load_split(dataset: str, root: str | os.PathLike, train: bool, download: bool = True,
                verify_checksums: bool = True) -> Split:
-    """Read one split through torchvision's dataset class into uint8/int64 CPU tensors."""
+    """Read one split into uint8 (N, C, H, W) images and int64 labels on the CPU."""
     root = Path(root).expanduser()
     try:
         if dataset == "mnist":
-            ds = torchvision.datasets.MNIST(root=str(root), train=train, download=download)
-            images = ds.data.unsqueeze(1).contiguous()
-            labels = ds.targets.long()
+            images, labels = _read_mnist(root, train, download)
         elif dataset == "cifar10":
-            ds = _CIFAR10(root=str(root), train=train, download=download, verify_checksums=verify_checksums)
+            ds = _cifar10_class(verify_checksums)(root=str(root), train=train, download=download)
             images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
             labels = torch.tensor(ds.targets, dtype=torch.long)
         else:
@@ -105,7 +144,7 @@ def load_split(dataset: str, root: str | os.PathLike, train: bool, download: boo
     except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError for missing or offline data
         why = "download failed: no internet access?" if download else "download is off"
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(_missing_message(dataset, root, f"{why}; torchvision said: {detail}")) from None
+        raise DataError(_missing_message(dataset, root, f"{why}; {detail}")) from None
     return Split(images, labels)
 
 

