@@ -114,3 +114,12 @@ def test_a_killed_trial_process_leaves_its_run_failed_not_running(mnist_root, ml
             pytest.fail("the tracking process outlived the trial")
     assert run.info.status == "FAILED"
     assert run.data.tags["error"] == "RuntimeError: the trial process ended before it finished its MLflow run"
+
+
+def test_closing_before_the_run_ends_marks_it_failed(mlflow_uri):
+    with TrackingProcess(mlflow_uri) as tracking:
+        run = tracking.open_run(mlflow_uri, "e")
+        run.log_metrics({"loss": 1.0}, step=1)
+    logged = MlflowClient(mlflow_uri).get_run(run.run_id)
+    assert logged.info.status == "FAILED"
+    assert logged.data.tags["error"] == "RuntimeError: the trial closed its MLflow logging before it finished its run"

@@ -80,7 +80,7 @@ class TrackingProcess:
         return RemoteTrialRun(self, **info)
 
     def close(self) -> None:
-        """Let the child finish and exit (it ends the run as FAILED only if nobody finished it)."""
+        """Let the child exit; a run opened and never finished or failed is marked FAILED first."""
         if self._process.poll() is None:
             try:
                 self._connection.send(("close", (), {}))
@@ -188,6 +188,8 @@ def serve(uri: str, connection: Connection) -> None:
                 run.fail(RuntimeError("the trial process ended before it finished its MLflow run"))
             return
         if method == "close":
+            if run is not None and not finished:
+                run.fail(RuntimeError("the trial closed its MLflow logging before it finished its run"))
             connection.send(("ok", None))
             return
         try:
