@@ -35,6 +35,17 @@ def _write(tmp_path, text, name="s.yaml"):
     return path
 
 
+def _tiny_sweep(tmp_path, mnist_root, name: str, epochs: int, groups: str):
+    """A sweep of tiny real M1 trials logging to a SQLite store of its own: (store uri, sweep file)."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    return uri, _write(tmp_path, f"""
+name: {name}
+mlflow: {{tracking_uri: "{uri}"}}
+base: {{data_root: "{mnist_root}", epochs: {epochs}, {TINY_DEBUG}}}
+groups:
+{groups}""")
+
+
 def test_expansion_counts_ids_and_absolute_paths(tmp_path):
     spec = load_sweep(_write(tmp_path, VALID), base_dir=tmp_path)
     assert len(spec.trials) == 2 * 2 * 2 + 2 * 2
@@ -203,16 +214,11 @@ def test_cluster_file_passes_rays_own_schema():
 def test_debug_mode_keeps_going_past_a_failed_trial_and_never_duplicates_runs(tmp_path, mnist_root, capsys):
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    path = _write(tmp_path, f"""
-name: dbg
-mlflow: {{tracking_uri: "{uri}"}}
-base: {{data_root: "{mnist_root}", epochs: 1, {TINY_DEBUG}}}
-groups:
+    uri, path = _tiny_sweep(tmp_path, mnist_root, "dbg", 1, """
   - name: broken
-    set: {{fail_at_epoch: 1}}
+    set: {fail_at_epoch: 1}
   - name: fine
-    set: {{lr: 0.05}}
+    set: {lr: 0.05}
 """)
     for attempt in range(2):
         assert main(["launch", str(path), "--debug"]) == 1  # some trial failed
@@ -278,16 +284,11 @@ def test_bad_command_line_flags_are_one_clear_paragraph(flags, fragment, capsys)
 def test_flags_are_recorded_on_every_run(tmp_path, mnist_root, capsys):
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    path = _write(tmp_path, f"""
-name: flagged
-mlflow: {{tracking_uri: "{uri}"}}
-base: {{data_root: "{mnist_root}", epochs: 2, {TINY_DEBUG}}}
-groups:
+    uri, path = _tiny_sweep(tmp_path, mnist_root, "flagged", 2, """
   - name: a
-    grid: {{lr: [0.05]}}
+    grid: {lr: [0.05]}
   - name: b
-    set: {{lr: 0.01}}
+    set: {lr: 0.01}
 """)
     assert main(["launch", str(path), "--debug", "--only", "a", "--set", "epochs=1", "--seeds", "3"]) == 0
     out = capsys.readouterr().out

@@ -109,7 +109,7 @@ def test_a_killed_trial_process_leaves_its_run_failed_not_running(mnist_root, ml
         process.communicate(timeout=60)
         run = _the_run(mlflow_uri, lambda r: r.info.status != "RUNNING", 30, "the child to end the run")
     finally:
-        if _session_gone(process.pid, 30) is False:
+        if not _session_gone(process.pid, 30):
             os.killpg(process.pid, signal.SIGKILL)
             pytest.fail("the tracking process outlived the trial")
     assert run.info.status == "FAILED"
