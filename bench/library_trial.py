@@ -63,8 +63,9 @@ def main() -> None:
         epochs.append(time.perf_counter() - t0)
     timings["train_epoch"] = sum(epochs) / len(epochs)
     out = evaluate(model, data, config)
-    for phase in keys.EVAL_PHASES:
-        timings[phase] = out[keys.phase_seconds_key(phase)]
+    for phase in keys.EVAL_PHASES + keys.EXTRA_PHASES:
+        if keys.phase_seconds_key(phase) in out:  # the opt-in measurements, where the config asks for them
+            timings[phase] = out[keys.phase_seconds_key(phase)]
     timings["whole"] = time.perf_counter() - _START
     values = {k: v for k, v in out.items() if k in keys.final_metric_keys(config.eps) and not keys.is_timing(k)}
     memory = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -72,7 +73,8 @@ def main() -> None:
         memory["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     if args.save_model:
         torch.save(model.state_dict(), args.save_model)
-    print(json.dumps({"timings": timings, "values": values, "memory": memory}))
+    print(json.dumps({"timings": timings, "values": values, "memory": memory,
+                      "epoch_seconds": epochs, "steps_per_epoch": len(batches)}))
 
 
 if __name__ == "__main__":

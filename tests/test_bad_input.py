@@ -17,27 +17,7 @@ from robustsweep.storage import driver_record
 from robustsweep.sweep import load_sweep
 from robustsweep.tracking import filter_value
 
-
-def _sweep(tmp_path, mnist_root, *, name="s", storage=None, extra="", base="", groups="[{name: g}]"):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(f"""
-name: "{name}"
-storage_path: "{storage or tmp_path / 'ray_results'}"
-mlflow: {{tracking_uri: "sqlite:///{tmp_path / 'mlflow.db'}"}}
-{extra}
-base: {{dataset: mnist, data_root: "{mnist_root}", epochs: 1, subset: 100, test_subset: 50, attack_subset: 10,
-        hessian_samples: 10, pgd_steps: 1, hessian_iters: 2, device: cpu{base}}}
-groups: {groups}
-""")
-    return path
-
-
-def _one_paragraph_error(capsys, *needles) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.startswith("robustsweep: error: ") and err.count("\n") == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
+from .conftest import one_paragraph_error, tiny_sweep, trial_runs_only
 
 
 def _nothing_created(tmp_path, experiment="s"):
@@ -55,10 +35,10 @@ def test_binary_sweep_file(tmp_path, capsys):
     path = tmp_path / "g.yaml"
     path.write_bytes(bytes(range(256)) * 2)
     assert main(["validate", str(path)]) == 2
-    _one_paragraph_error(capsys, "is not a text (UTF-8) YAML file")
+    one_paragraph_error(capsys, "is not a text (UTF-8) YAML file")
     path.write_bytes(b"name: x\x00\x01")
     assert main(["validate", str(path)]) == 2
-    _one_paragraph_error(capsys, "NUL bytes")
+    one_paragraph_error(capsys, "NUL bytes")
 
 
 @pytest.mark.parametrize("text, line", [
@@ -69,7 +49,7 @@ def test_duplicate_yaml_keys_are_refused(tmp_path, capsys, text, line):
     path = tmp_path / "d.yaml"
     path.write_text(text)
     assert main(["validate", str(path)]) == 2
-    _one_paragraph_error(capsys, f"at line {line}", "duplicate key", "give each key once")
+    one_paragraph_error(capsys, f"at line {line}", "duplicate key", "give each key once")
 
 
 def test_yaml_merge_keys_may_still_override(tmp_path):
@@ -84,13 +64,13 @@ def test_names_that_are_not_one_safe_path_component_are_refused(tmp_path, mnist_
     path = tmp_path / "n.yaml"
     path.write_text(f"name: {json.dumps(name)}\ngroups: [{{name: g}}]\n")
     assert main(["validate", str(path)]) == 2
-    _one_paragraph_error(capsys, "at name: expected a sweep name of letters, digits")
+    one_paragraph_error(capsys, "at name: expected a sweep name of letters, digits")
     path.write_text(f"name: ok\ngroups: [{{name: {json.dumps(name)}}}]\n")
     assert main(["validate", str(path)]) == 2
-    _one_paragraph_error(capsys, "groups[0].name")
+    one_paragraph_error(capsys, "groups[0].name")
     for command in ("status", "resume"):
         assert main([command, "--storage-path", str(tmp_path), "--", name]) == 2
-        _one_paragraph_error(capsys, "is not a sweep name")
+        one_paragraph_error(capsys, "is not a sweep name")
 
 
 def test_filter_values_are_quoted_so_mlflow_finds_them(mlflow_uri):
@@ -100,7 +80,7 @@ def test_filter_values_are_quoted_so_mlflow_finds_them(mlflow_uri):
     for value in values:
         client.create_run(experiment, tags={"sweep": value})
     for value in values:
-        (run,) = client.search_runs([experiment], filter_string=f"tags.sweep = {filter_value(value)}")
+        (run,) = trial_runs_only(client.search_runs([experiment], filter_string=f"tags.sweep = {filter_value(value)}"))
         assert run.data.tags["sweep"] == value
     with pytest.raises(TrackingError, match="both kinds of quote"):
         filter_value("""'"'""")
@@ -117,12 +97,12 @@ def test_grid_size_is_capped_before_expansion(tmp_path, capsys):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    _one_paragraph_error(capsys, "expands to 1,000,000 trials, more than the limit of 100,000", "--max-trials")
+    one_paragraph_error(capsys, "expands to 1,000,000 trials, more than the limit of 100,000", "--max-trials")
     assert peak < 20e6  # counted, never expanded (expanding took gigabytes)
     small = tmp_path / "small.yaml"
     small.write_text("name: small\nseeds: [0, 1, 2]\ngroups: [{name: g, grid: {batch_size: [16, 32, 64, 128]}}]\n")
     assert main(["validate", str(small), "--max-trials", "11"]) == 2
-    _one_paragraph_error(capsys, "expands to 12 trials, more than the limit of 11")
+    one_paragraph_error(capsys, "expands to 12 trials, more than the limit of 11")
     assert main(["validate", str(small), "--max-trials", "12"]) == 0
 
 
@@ -132,9 +112,9 @@ def test_grid_size_is_capped_before_expansion(tmp_path, capsys):
 
 def test_storage_path_under_a_regular_file(tmp_path, mnist_root, capsys):
     (tmp_path / "afile").write_text("")
-    path = _sweep(tmp_path, mnist_root, storage=tmp_path / "afile" / "sub")
+    path = tiny_sweep(tmp_path, mnist_root, storage=tmp_path / "afile" / "sub")
     assert main(["launch", str(path)]) == 2
-    _one_paragraph_error(capsys, f"{tmp_path / 'afile'} is a file, not a folder")
+    one_paragraph_error(capsys, f"{tmp_path / 'afile'} is a file, not a folder")
     _nothing_created(tmp_path)
 
 
@@ -144,17 +124,17 @@ def test_unreachable_cloud_storage(tmp_path, mnist_root, capsys, monkeypatch):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    path = _sweep(tmp_path, mnist_root, storage="s3://bucket/ray?endpoint_override=127.0.0.1:9&scheme=http")
+    path = tiny_sweep(tmp_path, mnist_root, storage="s3://bucket/ray?endpoint_override=127.0.0.1:9&scheme=http")
     assert main(["launch", str(path)]) == 2
-    _one_paragraph_error(capsys, "storage_path s3://bucket/ray", "cannot be reached", "credentials")
+    one_paragraph_error(capsys, "storage_path s3://bucket/ray", "cannot be reached", "credentials")
     _nothing_created(tmp_path)
 
 
 @pytest.mark.parametrize("mode", [["--debug"], []])
 def test_missing_dataset_is_refused_before_anything_is_created(tmp_path, mnist_root, capsys, mode):
-    path = _sweep(tmp_path, tmp_path / "nodata", base=", download: false")
+    path = tiny_sweep(tmp_path, tmp_path / "nodata", base=", download: false")
     assert main(["launch", str(path), *mode]) == 2
-    _one_paragraph_error(capsys, f"The mnist dataset is not in {tmp_path / 'nodata'}/MNIST/raw",
+    one_paragraph_error(capsys, f"The mnist dataset is not in {tmp_path / 'nodata'}/MNIST/raw",
                          "Nothing was started")
     _nothing_created(tmp_path)
 
@@ -166,17 +146,17 @@ def test_broken_saved_sweep_is_a_clear_error(tmp_path, capsys, content):
     (folder / SWEEP_FILE).write_bytes(content)
     for command in ("status", "resume"):
         assert main([command, "s", "--storage-path", str(tmp_path)]) == 2
-        _one_paragraph_error(capsys, f"{SWEEP_FILE} is unreadable", "launch the sweep file again")
+        one_paragraph_error(capsys, f"{SWEEP_FILE} is unreadable", "launch the sweep file again")
 
 
 def test_saved_sweep_is_replaced_whole_or_not_at_all(tmp_path, mnist_root, monkeypatch):
-    spec = load_sweep(_sweep(tmp_path, mnist_root))
+    spec = load_sweep(tiny_sweep(tmp_path, mnist_root))
     _save_spec(spec)
     saved = tmp_path / "ray_results" / "s" / SWEEP_FILE
     before = saved.read_bytes()
-    import robustsweep.launch as launch_module
+    import robustsweep.saved_sweep as saved_sweep_module
 
-    real = launch_module.storage_file
+    real = saved_sweep_module.storage_file
 
     class DiesBeforeRename:
         """The storage, as seen by a launch that dies after writing the new copy, before the rename."""
@@ -194,7 +174,7 @@ def test_saved_sweep_is_replaced_whole_or_not_at_all(tmp_path, mnist_root, monke
         filesystem, path = real(*args)
         return DiesBeforeRename(filesystem), path
 
-    monkeypatch.setattr(launch_module, "storage_file", storage_file)
+    monkeypatch.setattr(saved_sweep_module, "storage_file", storage_file)
     with pytest.raises(KeyboardInterrupt):
         _save_spec(spec)
     assert saved.read_bytes() == before
@@ -206,7 +186,7 @@ def test_saved_sweep_is_replaced_whole_or_not_at_all(tmp_path, mnist_root, monke
 
 
 def test_status_tells_interrupted_from_running_and_counts_collapsed(tmp_path, mnist_root, capsys):
-    spec = load_sweep(_sweep(tmp_path, mnist_root, groups="[{name: g, grid: {lr: [0.01, 0.02, 0.03, 0.04]}}]"))
+    spec = load_sweep(tiny_sweep(tmp_path, mnist_root, groups="[{name: g, grid: {lr: [0.01, 0.02, 0.03, 0.04]}}]"))
     _save_spec(spec)
     client = MlflowClient(spec.tracking_uri)
     experiment = client.create_experiment("s")
@@ -218,7 +198,7 @@ def test_status_tells_interrupted_from_running_and_counts_collapsed(tmp_path, mn
         if state == "FINISHED":
             client.set_terminated(run.info.run_id)
     storage = str(tmp_path / "ray_results")
-    common = {"pending": 1, "finished": 1, "collapsed": 1, "diverged": 0, "failed": 0}
+    common = {"pending": 1, "finished": 1, "pruned": 0, "collapsed": 1, "diverged": 0, "failed": 0}
     # no driver: the RUNNING run was left by a killed one
     assert status("s", storage).counts == {**common, "running": 0, "interrupted": 1}
     assert main(["status", "s", "--storage-path", storage]) == 0

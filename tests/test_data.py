@@ -1,4 +1,4 @@
-"""Reading the datasets (robustsweep/data.py) from the real files in ../shared/data."""
+"""Reading the datasets (robustsweep/data.py) from the real MNIST files (tests/conftest.py finds them)."""
 
 import shutil
 import subprocess

@@ -11,7 +11,8 @@ from robustsweep.hessian import top_eigenvalue, top_eigenvalue_with_iterations
 from robustsweep.lanczos import top_eigenvalue_lanczos
 
 
-def _exact_hessian_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The full Hessian of the mean cross-entropy in float64, by autograd on the flat parameters."""
     names = [n for n, p in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]
     sizes = [p.numel() for p in model.parameters()]
@@ -23,7 +24,11 @@ def _exact_hessian_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tenso
 
     h = torch.autograd.functional.hessian(loss, flat)
     model.float()
-    return torch.linalg.eigvalsh(h)
+    return h
+
+
+def _exact_hessian_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.eigvalsh(_exact_hessian(model, x, y))
 
 
 def _data(n=40, d=5, k=3, seed=0):

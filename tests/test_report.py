@@ -17,8 +17,11 @@ from scipy import stats
 from robustsweep.cli import main
 from robustsweep.errors import UserError
 from robustsweep.report import make_report
+from robustsweep.report.claims import CLAIMS
 from robustsweep.report.correlation import spearman
 from robustsweep.report.tables import aggregate
+
+from .conftest import trial_runs_only
 
 TINY = ("subset: 300, test_subset: 200, batch_size: 50, attack_subset: 40, hessian_samples: 32, pgd_steps: 2, "
         "hessian_iters: 3, eval_batch_size: 200, device: cpu, epochs: 1")
@@ -65,6 +68,11 @@ def filled_store(_filled_template, tmp_path, mnist_root):
         for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
             db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)",
                        (str(_filled_template), str(folder)))
+    # MLflow caches each run's artifact store by run id in the process that logged to it (the template's
+    # parent run): forget those, so this copy's runs write to the copy
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    tracking_utils._artifact_repos_cache.clear()
     path = folder / "rep.yaml"
     path.write_text(SWEEP.format(folder=folder, data=mnist_root, tiny=TINY))
     return path, f"sqlite:///{folder / 'mlflow.db'}"
@@ -74,10 +82,17 @@ def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
     path, uri = filled_store
     out = tmp_path / "out"
     assert main(["report", str(path), "--out", str(out)]) == 0
+    # where the runs are in MLflow's UI, in its model-training view: the runs table and the sweep's own run
+    said = capsys.readouterr().out
+    (sweep_run,) = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("rep").experiment_id], filter_string="tags.kind = 'sweep'")
+    assert "/#/experiments/1/runs?workflowType=machine_learning" in said
+    assert f"/#/experiments/1/runs/{sweep_run.info.run_id}?workflowType=machine_learning" in said
     runs = pd.read_csv(out / "runs.csv")
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("rep")
-    mlflow_runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id])}
+    mlflow_runs = {r.info.run_id: r for r in trial_runs_only(client.search_runs([exp.experiment_id]))
+                   if r.data.tags.get("kind") != "sweep"}  # the trials' runs, not the sweep's own
     # every run appears, with MLflow's numbers
     assert set(runs["run_id"]) == set(mlflow_runs) and len(runs) == 10
     assert runs["diverged"].sum() == 2
@@ -133,25 +148,44 @@ def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
     assert cost.loc["sgd", "PGD"] == pytest.approx(sgd_runs["seconds_pgd"].mean(), abs=0.006)
     assert cost.loc["sgd", "training"] > 0
     assert cost.loc["all (hours, summed)", "PGD"] == pytest.approx(runs["seconds_pgd"].sum() / 3600, abs=6e-4)
-    # the conclusions come first on the page; this sweep has neither ratio nor momentum runs
-    conclusions = pd.read_csv(out / "conclusions.csv")
-    assert len(conclusions) == 4 and list(conclusions["verdict"])[1::2] == ["not run", "not run"]
-    assert "n=4" in conclusions.loc[0, "this sweep"]  # 2 batch sizes x 2 seeds of constant-rate SGD
-    assert (page.index('<h2 id="conclusions">Conclusions</h2>') < page.index('<h2 id="attacks">')
+    # the study's claims come first on the page, one row per claim and eps; this sweep (SGD and Adam at
+    # lr 0.05, 2 batch sizes, 2 seeds) has no ratio, momentum or CIFAR-10 runs
+    assert not (out / "conclusions.csv").exists()
+    claims = pd.read_csv(out / "claims.csv", keep_default_na=False).set_index(["id", "eps"])
+    assert claims.index.get_level_values("id").nunique() == len(CLAIMS)
+    falls = claims.loc[("mnist-large-batch-lowers-clean-accuracy", "")]
+    assert falls["verdict"] == "inconclusive"  # 2 batch sizes: too few for a trend, and it says so
+    assert "n=4 runs (2 seeds x 2 batch sizes)" in falls["statistic"] and "fewer than 3" in falls["statistic"]
+    ratio = claims.loc[("mnist-ratio-keeps-accuracy-and-robustness", "0.15")]
+    assert ratio["verdict"] == "not run" and "no runs of mnist, variant sgd, lr/bs ratio" in ratio["statistic"]
+    assert set(claims[claims["dataset"] == "cifar10"]["verdict"]) == {"not run"}
+    assert "Kamath" not in page and "Kamath" not in (out / "tables.md").read_text()
+    assert (page.index('<h2 id="claims">') < page.index('<h2 id="attacks">') < page.index('<h2 id="table2">')
             < page.index('<h2 id="study-figures">') < page.index('<h2 id="problems">'))
+    claims_part = page[page.index('<h2 id="claims">'):page.index('<h2 id="attacks">')]
+    assert claims_part.index("Take-away 1") < claims_part.index("Take-away 4") < claims_part.index("Section 3.4.1")
+    assert re.search(r"<strong>Verdicts:</strong> \d+ supported, \d+ contradicted, \d+ inconclusive, \d+ not run",
+                     claims_part)
+    # the study's Table 2 beside ours: its 17 published rows, ours not run (no CIFAR-10 here)
+    table2 = pd.read_csv(out / "table2.csv", keep_default_na=False)
+    assert len(table2) == 17 and set(table2["clean accuracy, %: ours"]) == {"not run"}
+    table2_part = page[page.index('<h2 id="table2">'):page.index('<h2 id="study-figures">')]
+    assert "86.19 <span" in table2_part and "1863.31" in table2_part and "stronger than the study" in table2_part
 
 
-def test_log_to_mlflow_attaches_the_report(filled_store, tmp_path):
+def test_log_to_mlflow_attaches_the_report_to_the_sweeps_parent_run(filled_store, tmp_path):
     path, uri = filled_store
-    assert main(["report", str(path), "--out", str(tmp_path / "o"), "--log-to-mlflow"]) == 0
+    for again in ("o", "o2"):  # twice: the parent made the first time is the one used the second
+        assert main(["report", str(path), "--out", str(tmp_path / again), "--log-to-mlflow"]) == 0
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("rep")
-    (summary,) = client.search_runs([exp.experiment_id], filter_string="tags.kind = 'report'")
-    names = {a.path for a in client.list_artifacts(summary.info.run_id, "report")}
-    assert summary.info.artifact_uri.startswith(path.parent.as_uri())  # into this test's copy only
-    assert summary.info.run_id in client.get_experiment(exp.experiment_id).tags["mlflow.note.content"]
+    (parent,) = client.search_runs([exp.experiment_id], filter_string="tags.kind = 'sweep'")
+    assert parent.info.run_name == "sweep rep" and parent.info.status == "FINISHED"
+    names = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert parent.info.artifact_uri.startswith(path.parent.as_uri())  # into this test's copy only
+    assert parent.info.run_id in client.get_experiment(exp.experiment_id).tags["mlflow.note.content"]
     assert "report/index.html" in names and "report/runs.csv" in names
-    # the summary run is not mistaken for a trial
+    # the parent run is not mistaken for a trial
     assert len(pd.read_csv(make_report(str(path), tmp_path / "again").out / "runs.csv")) == 10
 
 
@@ -170,9 +204,18 @@ def test_missing_metric_is_reported(filled_store, tmp_path, capsys):
     assert "hessian_top_eig" in err
 
 
-def test_empty_sweep_is_a_clear_error(tmp_path, capsys):
+def test_empty_sweep_is_a_clear_error_and_reading_commands_create_no_store(tmp_path, capsys):
     path = tmp_path / "empty.yaml"
     path.write_text(f'name: empty\nmlflow: {{tracking_uri: "sqlite:///{tmp_path / "m.db"}"}}\ngroups: [{{name: g}}]\n')
+    for command in (["report", str(path)], ["export", str(path), "--out", str(tmp_path / "r.jsonl")],
+                    ["audit", str(path)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"There is no MLflow store at {tmp_path / 'm.db'}" in err and "Traceback" not in err
+        assert not (tmp_path / "m.db").exists()
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()  # an empty store
     assert main(["report", str(path)]) == 2
     err = capsys.readouterr().err
     assert "Sweep 'empty' has no runs in MLflow experiment 'empty'" in err and "Traceback" not in err
@@ -292,7 +335,8 @@ def test_exported_runs_rebuild_the_store_and_launch_skips_them(filled_store, tmp
     runs_file = tmp_path / "results" / "runs.jsonl"
     assert main(["export", str(path), "--out", str(runs_file)]) == 0
     assert "exported 10 finished runs of sweep rep (10 trials)" in capsys.readouterr().out
-    records = [json.loads(line) for line in runs_file.read_text().splitlines()]
+    parent, *records = [json.loads(line) for line in runs_file.read_text().splitlines()]
+    assert parent["kind"] == "sweep" and parent["run_name"] == "sweep rep"  # the sweep's own run first
     assert [r["trial_id"] for r in records] == sorted(r["trial_id"] for r in records)
     assert runs_file.stat().st_size < 10 * 1024 * len(records)  # a few kB a run: no weights
     fresh = tmp_path / "fresh"
@@ -318,12 +362,12 @@ def test_exported_runs_rebuild_the_store_and_launch_skips_them(filled_store, tmp
     assert tables(before) == tables(after)
     client = MlflowClient(fresh_uri)
     exp = client.get_experiment_by_name("rep")
-    imported = client.search_runs([exp.experiment_id])
+    imported = trial_runs_only(client.search_runs([exp.experiment_id]))
     assert len(imported) == 10 and all(r.info.status == "FINISHED" for r in imported)
     one = next(r for r in imported if r.data.tags.get("outcome") == "finished")
-    original = MlflowClient(uri).search_runs(
+    original = trial_runs_only(MlflowClient(uri).search_runs(
         [MlflowClient(uri).get_experiment_by_name("rep").experiment_id],
-        filter_string=f"tags.trial_id = '{one.data.tags['trial_id']}'")[0]
+        filter_string=f"tags.trial_id = '{one.data.tags['trial_id']}'"))[0]
     assert one.data.params == original.data.params
     assert ([m.value for m in client.get_metric_history(one.info.run_id, "test_acc")]
             == [m.value for m in MlflowClient(uri).get_metric_history(original.info.run_id, "test_acc")])
@@ -337,7 +381,7 @@ def test_exported_runs_rebuild_the_store_and_launch_skips_them(filled_store, tmp
     assert main(["launch", str(moved), "--debug"]) == 0
     out = capsys.readouterr().out
     assert out.count("already finished") == 10
-    assert len(client.search_runs([exp.experiment_id])) == 10
+    assert len(trial_runs_only(client.search_runs([exp.experiment_id]))) == 10
 
 
 def test_audit_finds_duplicated_stray_and_missing_runs(filled_store, tmp_path, capsys):
@@ -346,7 +390,7 @@ def test_audit_finds_duplicated_stray_and_missing_runs(filled_store, tmp_path, c
     assert "10 with exactly one FINISHED run" in capsys.readouterr().out
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("rep")
-    runs = client.search_runs([exp.experiment_id])
+    runs = trial_runs_only(client.search_runs([exp.experiment_id]))
     copy = client.create_run(exp.experiment_id, tags={"sweep": "rep", "trial_id": runs[0].data.tags["trial_id"]})
     client.set_terminated(copy.info.run_id, "FINISHED")
     stray = client.create_run(exp.experiment_id, tags={"sweep": "rep", "trial_id": "renamed-group-0000"})
@@ -372,22 +416,28 @@ def test_a_damaged_export_is_a_clear_error(tmp_path, filled_store, capsys):
 
 def _study_frame(ratio_slope: float = -0.02, eig_slope: float = 1.0, ratio_group_slope: float | None = None,
                  best_momentum: tuple[float, float] | None = None) -> pd.DataFrame:
-    """Hand-made runs, 3 seeds x 6 batch sizes, with the trends given (noise far below them)."""
+    """Hand-made runs, 3 seeds x 6 batch sizes, with the trends given (noise far below them) and a small
+    seed offset (the seed-to-seed spread that sets the equivalence margin)."""
     rows = []
     rng = np.random.default_rng(0)
     batches = [32, 64, 128, 256, 512, 1024]
     base = dict(dataset="mnist", variant="sgd", schedule="constant", weight_decay=0.0, diverged=False,
                 collapsed=False, lr_batch_ratio=np.nan, momentum=0.0)
+
+    def robustness(value):
+        return {"fgsm_ratio_eps0.03": value, "pgd_ratio_eps0.03": value}
+
     for seed in range(3):
         for i, b in enumerate(batches):
             for lr in (0.01, 0.1):
                 rows.append({**base, "lr": lr, "batch_size": b, "seed": seed, "run_id": f"c{seed}{b}{lr}",
-                             "clean_acc": 0.95, "pgd_ratio_eps0.03": 0.8 + ratio_slope * i + rng.normal(0, 1e-4),
+                             "clean_acc": 0.95 + 0.005 * seed,
+                             **robustness(0.8 + 0.01 * seed + ratio_slope * i + rng.normal(0, 1e-4)),
                              "hessian_top_eig": 10 + eig_slope * i + rng.normal(0, 1e-3)})
             if ratio_group_slope is not None:
                 rows.append({**base, "lr": b * 0.00015625, "lr_batch_ratio": 0.00015625, "batch_size": b,
-                             "seed": seed, "run_id": f"r{seed}{b}", "clean_acc": 0.95,
-                             "pgd_ratio_eps0.03": 0.8 + ratio_group_slope * i + rng.normal(0, 1e-3),
+                             "seed": seed, "run_id": f"r{seed}{b}", "clean_acc": 0.95 + 0.005 * seed,
+                             **robustness(0.8 + 0.01 * seed + ratio_group_slope * i + rng.normal(0, 1e-3)),
                              "hessian_top_eig": 10.0})
             if best_momentum is not None:
                 for lr in (0.01, 0.1):
@@ -395,67 +445,298 @@ def _study_frame(ratio_slope: float = -0.02, eig_slope: float = 1.0, ratio_group
                         good = (lr, m) == best_momentum
                         rows.append({**base, "lr": lr, "momentum": m, "batch_size": b, "seed": seed,
                                      "run_id": f"m{seed}{b}{lr}{m}", "clean_acc": 0.99 if good else 0.9,
-                                     "pgd_ratio_eps0.03": 0.95 if good else 0.7, "hessian_top_eig": 5.0})
+                                     **robustness(0.95 if good else 0.7), "hessian_top_eig": 5.0})
     return pd.DataFrame(rows)
 
 
-def test_conclusions_verdicts_follow_the_statistics():
-    from robustsweep.report.conclusions import conclusions
+def test_todays_four_claims_by_their_new_ids():
+    """The four claims the report used to test, as entries of the claims registry (blocked by seed, FGSM
+    beside PGD, equivalence for "constant", the momentum claim with the study's exception)."""
+    from robustsweep.report.claims import by_id, evaluate_claims
 
-    def verdicts(df):
-        return [f.verdict for f in conclusions(df, [0.03])]
+    def verdict(df, claim_id, eps="0.03"):
+        results = evaluate_claims(df, {"mnist": [0.03]}, claims=(by_id(claim_id),))
+        (result,) = [r for r in results if r.eps is None or f"{r.eps:g}" == eps]
+        return result
 
-    assert verdicts(_study_frame()) == ["supported", "not run", "supported", "not run"]
-    assert verdicts(_study_frame(ratio_slope=+0.02, eig_slope=-1.0))[::2] == ["contradicted", "contradicted"]
+    falls, sharper = "mnist-large-batch-lowers-robustness", "mnist-large-batch-sharpens-minima"
+    assert verdict(_study_frame(), falls).verdict == "supported"
+    assert verdict(_study_frame(), sharper).verdict == "supported"
+    assert verdict(_study_frame(ratio_slope=+0.02, eig_slope=-1.0), falls).verdict == "contradicted"
+    assert verdict(_study_frame(ratio_slope=+0.02, eig_slope=-1.0), sharper).verdict == "contradicted"
     flat = _study_frame(ratio_slope=0.0, eig_slope=0.0)  # noise only: no trend either way
-    assert verdicts(flat)[::2] == ["inconclusive", "inconclusive"]
-    # constant lr/bs ratio: flat beside a falling constant-rate regime supports it; a trend contradicts it
-    assert verdicts(_study_frame(ratio_group_slope=0.0))[1] == "supported"
-    assert verdicts(_study_frame(ratio_group_slope=-0.02))[1] == "contradicted"
-    # no trend, but no flatter than the constant-rate regime either (both flat, the ratio runs noisier)
-    assert verdicts(_study_frame(ratio_slope=0.0, ratio_group_slope=0.0))[1] == "inconclusive"
-    assert verdicts(_study_frame(best_momentum=(0.1, 0.9)))[3] == "supported"
-    assert verdicts(_study_frame(best_momentum=(0.01, 0.5)))[3] == "contradicted"
-    findings = conclusions(_study_frame(), [0.03])
-    rho = float(re.search(r"lr 0.01, PGD ratio at eps 0.03: rho=([-+.0-9]+) \(p=([-.e0-9]+), n=18\)",
-                          findings[0].statistic).group(1))
-    assert rho < -0.9
-    assert [f.verdict for f in conclusions(pd.DataFrame(), [0.03])] == ["not run"] * 4
+    assert verdict(flat, falls).verdict == verdict(flat, sharper).verdict == "inconclusive"
+    # constant lr/bs ratio: flat within the seed spread supports it; a trend of 5 spreads contradicts it
+    constant = "mnist-ratio-keeps-accuracy-and-robustness"
+    assert verdict(_study_frame(ratio_group_slope=0.0), constant).verdict == "supported"
+    assert verdict(_study_frame(ratio_group_slope=-0.02), constant).verdict == "contradicted"
+    # lr 0.1 + momentum 0.9 best: the study's exception leaves batch sizes above 256, 6 pairs per comparison,
+    # too few for 15 sub-tests, whichever cell is best; the statistic says so
+    best = "mnist-lr-0.1-momentum-0.9-best"
+    for cell in ((0.1, 0.9), (0.01, 0.5)):
+        result = verdict(_study_frame(best_momentum=cell), best)
+        assert result.verdict == "inconclusive" and "cannot reach alpha" in result.statistic
+    assert "higher in 6/6" in verdict(_study_frame(best_momentum=(0.1, 0.9)), best).statistic
 
 
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+#: Appended to a copy of the page (which itself has no scripts): records what the browser laid out.
+_PROBE = """<script>
+window.addEventListener("load", () => {
+  const b = document.body;
+  b.setAttribute("data-overflow", String(document.documentElement.scrollWidth - document.documentElement.clientWidth));
+  b.setAttribute("data-broken", String([...document.images].filter(i => !i.complete || !i.naturalWidth).length));
+  b.setAttribute("data-images", String(document.images.length));
+  // table of contents: no item's text on another item's text or number (an outside marker, taken as the
+  // 1.8em left of its item: wider than "10." and its gap)
+  const em = parseFloat(getComputedStyle(document.querySelector("nav li")).fontSize);
+  const items = [...document.querySelectorAll("nav li")].map(li => {
+    const range = document.createRange();
+    range.selectNodeContents(li);
+    const r = li.getBoundingClientRect();
+    return {text: [...range.getClientRects()], number: {left: r.left - 1.8 * em, right: r.left, top: r.top, bottom: r.top + em}};
+  });
+  const meet = (p, q) => p.left < q.right - 0.5 && q.left < p.right - 0.5 && p.top < q.bottom - 0.5 && q.top < p.bottom - 0.5;
+  let clashes = 0;
+  items.forEach((p, i) => items.forEach((q, j) => {
+    if (i !== j && p.text.some(t => meet(t, q.number) || (i < j && q.text.some(u => meet(t, u))))) clashes++;
+  }));
+  b.setAttribute("data-toc", String(clashes));
+  b.setAttribute("data-items", String(items.length));
+});</script>"""
+
+
+def _lay_out(page, width: int) -> tuple[dict[str, int], list[str]]:
+    """The probe's numbers for ``page`` in a ``width``-px-wide headless chromium, and its console lines."""
+    import subprocess
+
+    probe = page.with_name(f"probe{width}.html")
+    probe.write_text(page.read_text() + _PROBE)
+    result = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},900",
+                             "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
+                             probe.as_uri()], capture_output=True, text=True, timeout=120)
+    values = {k: int(v) for k, v in re.findall(r'data-(overflow|broken|images|toc|items)="(-?\d+)"', result.stdout)}
+    assert set(values) == {"overflow", "broken", "images", "toc", "items"}, result.stderr[-2000:]
+    return values, [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+
+
+def _drawn_colour(handle) -> str:
+    """The colour of a legend entry's artist (a line, an errorbar's bars, a scatter's points)."""
+    from matplotlib.colors import to_hex
+    from matplotlib.lines import Line2D
+
+    if isinstance(handle, Line2D):
+        return to_hex(handle.get_color())
+    colours = handle.get_edgecolor() if len(handle.get_facecolor()) == 0 else handle.get_facecolor()
+    return to_hex(colours[0])
+
+
+def _same_hue(drawn: str, colour: str) -> bool:
+    """The variant's colour, or a shade of it (dark to light, as single-variant figures draw settings)."""
+    import colorsys
+
+    from matplotlib.colors import to_rgb
+
+    (h, s, _), (h0, s0, _) = colorsys.rgb_to_hsv(*to_rgb(drawn)), colorsys.rgb_to_hsv(*to_rgb(colour))
+    return s < 0.02 if s0 < 0.02 else abs(h - h0) < 0.01 and s > 0.02
+
+
+def assert_figures_readable(figures) -> None:
+    """Issue 22.4: each figure has one legend, off its panels, at 9 pt or more, and draws a variant in its
+    page-wide colour (hue)."""
+    from robustsweep.report.figures import VARIANT_COLOURS, legend_clashes
+
+    assert figures
+    for fig in figures:
+        title = fig._suptitle.get_text() if fig._suptitle else "?"
+        assert legend_clashes(fig) == [], title
+        assert len(fig.legends) == 1 and not any(ax.get_legend() for ax in fig.axes), title
+        legend = fig.legends[0]
+        for handle, text in zip(legend.legend_handles, legend.get_texts()):
+            variant = text.get_text().split(", ")[0]
+            assert _same_hue(_drawn_colour(handle), VARIANT_COLOURS[variant]), (title, text.get_text())
+
+
 @pytest.mark.skipif(_chromium() is None, reason="no chromium here: install Debian's `chromium` (apt-get install "
                                                 "chromium; .ci/run does) to render the report page headless")
-def test_report_page_renders_in_a_browser_without_errors_or_horizontal_overflow(filled_store, tmp_path):
-    import subprocess
+def test_report_page_renders_in_a_browser_without_errors_or_horizontal_overflow(filled_store, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
 
     path, _ = filled_store
     out = tmp_path / "out"
-    make_report(str(path), out)
-    probe = out / "probe.html"
-    # The page itself has no scripts: this one, appended to a copy, records what the browser laid out.
-    probe.write_text((out / "index.html").read_text() + """<script>
-window.addEventListener("load", () => {
-  const b = document.body;
-  b.setAttribute("data-overflow", String(document.documentElement.scrollWidth - window.innerWidth));
-  b.setAttribute("data-broken", String([...document.images].filter(i => !i.complete || !i.naturalWidth).length));
-  b.setAttribute("data-images", String(document.images.length));
-});</script>""")
-    result = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,900",
-                             "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
-                             probe.as_uri()], capture_output=True, text=True, timeout=120)
-    dom = result.stdout
-    values = dict(re.findall(r'data-(overflow|broken|images)="(-?\d+)"', dom))
-    assert set(values) == {"overflow", "broken", "images"}, result.stderr[-2000:]
-    console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+    figures, close = [], plt.close
+    monkeypatch.setattr(plt, "close", figures.append)  # the report's figures, kept to inspect
+    try:
+        make_report(str(path), out)
+        assert len(figures) >= 10
+        assert_figures_readable(figures)
+    finally:
+        for fig in figures:
+            close(fig)
+    values, console = _lay_out(out / "index.html", 1400)
     assert console == []  # no script errors, no failed loads reported by the page
-    assert int(values["images"]) >= 10 and int(values["broken"]) == 0
-    assert int(values["overflow"]) <= 0, "the page is wider than a 1400-px window"
+    assert values["images"] >= 10 and values["broken"] == 0
+    assert values["overflow"] <= 0, "the page is wider than a 1400-px window"
+    assert values["items"] >= 7 and values["toc"] == 0, "table of contents items overlap"
+    # a phone (issue 22.4): the table of contents reflows, nothing overlaps, no sideways scrolling
+    phone, console = _lay_out(out / "index.html", 390)
+    assert console == []
+    assert phone["overflow"] <= 0, "the page is wider than a 390-px phone"
+    assert phone["toc"] == 0, "table of contents items overlap on a 390-px phone"
     # readable headers, a table of contents, and captions under the figures
     page = (out / "index.html").read_text()
     assert "<th>PGD / clean, eps 0.15</th>" in page and "pgd_ratio_eps0.15</th>" not in page
-    assert '<nav><ol><li><a href="#conclusions">' in page
+    assert '<nav><ol><li><a href="#claims">' in page and 'name="viewport"' in page
     assert page.count("<figcaption>") == page.count("<img ")
+
+
+EXTRA_SEED = """
+name: rep-seed2
+storage_path: {folder}/ray_results
+mlflow: {{tracking_uri: "sqlite:///{folder}/mlflow.db", experiment: rep}}
+seeds: [2]
+base: {{dataset: mnist, data_root: "{data}", {tiny}, attacks: [fgsm, pgd, autoattack], autoattack_subset: 20,
+        autoattack_steps: 5, autoattack_targets: 2, curvature: [top_eig, trace], hessian_trace_probes: 4}}
+groups:
+  - name: constant-lr
+    set: {{lr: 0.05}}
+    grid: {{variant: [sgd, adam], batch_size: [25, 50]}}
+"""
+
+
+def test_sweeps_of_one_grid_report_as_one_state_their_scale_and_compare_verdicts(filled_store, tmp_path, capsys,
+                                                                                mnist_root):
+    path, uri = filled_store
+    extra = path.parent / "rep-seed2.yaml"
+    extra.write_text(EXTRA_SEED.format(folder=path.parent, data=mnist_root, tiny=TINY))
+    assert main(["launch", str(extra), "--debug"]) == 0
+    out = tmp_path / "both"
+    assert main(["report", str(path), str(extra), "--out", str(out)]) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(runs["seed"].unique()) == [0, 1, 2] and set(runs["sweep"]) == {"rep", "rep-seed2"}
+    assert runs["autoattack_acc_eps0.03"].notna().sum() == 4 and runs["hessian_trace"].notna().sum() == 4
+    assert (runs["lr_x_top_eig"] - runs["final_lr"] * runs["hessian_top_eig"]).abs().max() < 1e-12
+    page = (out / "index.html").read_text()
+    # what was run, said at the top, with where the runs differ
+    assert "What was run" in page and "1 epochs on the first 300 training examples" in page
+    assert "Attacks: differs across runs:" in page and "AutoAttack on the first 20 of those, 5 steps" in page
+    assert "Seeds: 0, 1, 2." in page
+    gap = pd.read_csv(out / "autoattack_gap.csv")
+    assert len(gap) == 4 * 2 and (gap["gap"] == gap["pgd_acc"] - gap["autoattack_acc"]).all()
+    assert "PGD against AutoAttack on the same images" in page
+    # the Scale section: verdicts here beside the other sweep's, each change named
+    assert main(["report", str(extra), "--compare", str(path), "--out", str(tmp_path / "cmp")]) == 0
+    scale = pd.read_csv(tmp_path / "cmp" / "scale.csv").fillna("")
+    assert {"verdict (rep)", "verdict (rep-seed2)", "changed"} <= set(scale.columns)
+    assert all((c == "") == (a == b) for a, b, c in zip(scale["verdict (rep)"], scale["verdict (rep-seed2)"],
+                                                          scale["changed"]))
+    assert "Scale: these verdicts beside those of rep" in (tmp_path / "cmp" / "index.html").read_text()
+    # one sweep twice would count its runs twice
+    capsys.readouterr()
+    assert main(["report", str(path), str(path), "--out", str(tmp_path / "twice")]) == 2
+    assert "would count it twice" in capsys.readouterr().err
+
+
+def test_study_figure_colours_by_variant_styles_by_setting_and_keeps_its_legend_off_the_panels(tmp_path,
+                                                                                              monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from robustsweep.report.figures import LINE_STYLES, VARIANT_COLOURS
+    from robustsweep.report.study_figures import STUDY_FIGURES, study_figure
+
+    df = _study_runs().assign(**{"fgsm_ratio_eps0.03": 0.8, "pgd_ratio_eps0.03": 0.7})
+    figures, close = [], plt.close
+    monkeypatch.setattr(plt, "close", figures.append)
+    try:
+        for figure in STUDY_FIGURES:
+            study_figure(df, figure, [0.03], tmp_path / f"figure{figure.number}.png")
+        assert len(figures) == 5
+        assert_figures_readable(figures)
+        legend = figures[0].legends[0]  # Figure 1: colour by variant, style by lr, the same lr one style
+        assert [t.get_text() for t in legend.get_texts()] == ["sgd, lr=0.01", "sgd, lr=0.1", "svrg, lr=0.01",
+                                                               "svrg, lr=0.1", "adam, lr=0.0005"]
+        drawn = {line.get_label(): line.lines[0] for line in figures[0].axes[0].containers}  # the first panel
+        assert set(drawn) == {t.get_text() for t in legend.get_texts()}
+        assert {k: v.get_color() for k, v in drawn.items()} == {
+            k: VARIANT_COLOURS[k.split(",")[0]] for k in drawn}
+        style = {k: (v.get_linestyle(), v.get_marker()) for k, v in drawn.items()}
+        assert style["sgd, lr=0.01"] == style["svrg, lr=0.01"] != style["sgd, lr=0.1"] == style["svrg, lr=0.1"]
+        assert len(set(style.values())) == 3 and style["sgd, lr=0.01"][1] == LINE_STYLES[0][1]
+        assert all(t.get_fontsize() >= 9 for t in legend.get_texts())
+    finally:
+        for fig in figures:
+            close(fig)
+
+
+def test_a_study_figure_whose_runs_do_not_match_its_title_is_left_out(tmp_path):
+    """The smoke sweep (SGD with momentum, Adam without) put Adam alone under "SGD variants"."""
+    from robustsweep.report.study_figures import STUDY_FIGURES
+
+    from robustsweep.report.study_figures import study_figure
+
+    figure1 = STUDY_FIGURES[0]
+    df = _study_runs().assign(**{"fgsm_ratio_eps0.03": 0.8, "pgd_ratio_eps0.03": 0.7})
+
+    adam_alone = df[(df["variant"] == "adam") | (df["momentum"] > 0)]
+    assert study_figure(adam_alone, figure1, [0.03], tmp_path / "f1.png") is None
+    adams = pd.concat([adam_alone, adam_alone[adam_alone["variant"] == "adam"].assign(variant="adamw")])
+    assert study_figure(adams, figure1, [0.03], tmp_path / "f1.png") is None  # two variants, neither SGD's
+    assert not (tmp_path / "f1.png").exists()
+    sgd_alone = df[(df["group"] == "constant-lr") & (df["variant"] == "sgd")]  # one variant: nothing compared
+    assert study_figure(sgd_alone, figure1, [0.03], tmp_path / "f1.png") is None
+    with_sgd = df[df["variant"].isin(["adam", "sgd"]) & (df["group"].isin(["adam", "constant-lr"]))]
+    assert study_figure(with_sgd, figure1, [0.03], tmp_path / "f1.png") == tmp_path / "f1.png"
+
+def test_tables_format_each_metric_column_one_way():
+    """Issue 22.4: the eigenvalue column mixed ``151.5`` and ``23.1103``; a column has one number of decimals."""
+    from robustsweep.report.tables import display_table
+
+    df = pd.DataFrame({"variant": ["a", "a", "b", "c", "d"], "batch_size": [32] * 5,
+                       "clean_acc": [0.9, 0.92, 0.95, 1.0, np.nan], "hessian_top_eig": [151.52, 151.48, 23.1103, 2.2, 3.0],
+                       "diverged": [False] * 5})
+    table = display_table(aggregate(df, ["variant", "batch_size"], ["clean_acc", "hessian_top_eig"]),
+                          ["variant", "batch_size"], ["clean_acc", "hessian_top_eig"]).set_index("variant")
+    assert list(table["hessian_top_eig"]) == ["151.5 ± 0.028 (n=2)", "23.1", "2.2", "3.0"]
+    assert list(table["clean_acc"]) == ["0.9100 ± 0.014 (n=2)", "0.9500", "1.0000", ""]
+    for column in ("clean_acc", "hessian_top_eig"):  # one number of decimals down each column
+        decimals = {len(cell.split(" ")[0].split(".")[1]) for cell in table[column] if cell}
+        assert len(decimals) == 1, (column, list(table[column]))
+
+
+def test_eigenvalue_panels_draw_the_edge_of_stability_2_over_lr_for_constant_rate_sgd_runs():
+    import matplotlib.pyplot as plt
+
+    from robustsweep.report.figures import draw_stability_bounds
+
+    runs = pd.DataFrame({"variant": ["sgd", "sgd", "adam", "sgd", "sgd", "sgd"],
+                         "schedule": ["constant"] * 5 + ["step"], "lr": [0.01, 0.1, 0.0005, None, None, 0.5],
+                         "lr_batch_ratio": [None, None, None, 0.001, 0.001, None],
+                         "batch_size": [32, 32, 32, 64, 128, 32]})
+    fig, ax = plt.subplots()
+    try:
+        draw_stability_bounds(ax, runs)
+        flat = sorted(round(line.get_ydata()[0], 6) for line in ax.lines if len(set(line.get_ydata())) == 1)
+        assert flat == [20.0, 200.0]  # 2/0.1 and 2/0.01; none for Adam's rate nor the step schedule's
+        (falling,) = [line for line in ax.lines if len(set(line.get_ydata())) > 1]
+        assert list(falling.get_xdata()) == [64, 128] and list(falling.get_ydata()) == [31.25, 15.625]
+        assert all(line.get_label().startswith("_") for line in ax.lines)  # kept out of the legend
+    finally:
+        plt.close(fig)
+
+
+def test_what_was_run_names_the_measurements_of_runs_that_predate_the_setting():
+    # runs logged before the attacks/curvature settings existed have no such param: they measured the default set
+    from robustsweep.report.scale import scale_statement
+
+    row = {"dataset": "mnist", "epochs": 6, "subset": 30000, "test_subset": 0, "attack_subset": 2000, "pgd_steps": 20,
+           "hessian_samples": 1000, "seed": 0, "sweep": "s", "sweep_flags": "", "git_commit": "abc", "device_name": "cpu"}
+    old = scale_statement(pd.DataFrame([{**row, "attacks": None, "curvature": None}]))
+    assert "Attacks: fgsm, pgd (the runs predate the attacks setting" in old[1]
+    assert "Curvature: top_eig (the runs predate the curvature setting" in old[2]
+    new = scale_statement(pd.DataFrame([{**row, "attacks": "['fgsm', 'pgd', 'autoattack']", "curvature": "['top_eig']",
+                                         "autoattack_subset": 500, "autoattack_steps": 100, "autoattack_targets": 9}]))
+    assert new[1].startswith("Attacks: fgsm, pgd, autoattack on the first 2,000 test images; PGD-20 steps; AutoAttack")
+    assert new[2].startswith("Curvature: top_eig on 1000 training examples")

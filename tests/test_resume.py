@@ -10,6 +10,8 @@ from robustsweep.config import make_trial_config
 from robustsweep.trial import run_trial
 from robustsweep.variants import VARIANTS
 
+from .conftest import trial_runs_only
+
 
 def _through_a_checkpoint(state: dict) -> dict:
     """What a trial reads back from a checkpoint file: a copy made by torch.save and torch.load, with
@@ -72,7 +74,7 @@ def test_resume_from_an_older_checkpoint_logs_each_epoch_once(mnist_root, mlflow
         run_trial(config, on_epoch_end=lambda e, m, state: states.setdefault(e, _through_a_checkpoint(state())))
     outcome = run_trial(config, resume_state=states[1])
     client = MlflowClient(mlflow_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("robustsweep").experiment_id])
+    (run,) = trial_runs_only(client.search_runs([client.get_experiment_by_name("robustsweep").experiment_id]))
     assert run.info.run_id == outcome.run_id and run.info.status == "FINISHED"
     for key in ("train_loss", "test_acc", "lr"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key

@@ -1,5 +1,6 @@
 """Sweep files: validation errors, expansion, the study's grid, the cluster file."""
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -8,7 +9,9 @@ import yaml
 
 from robustsweep.cli import main
 from robustsweep.errors import ConfigError
-from robustsweep.sweep import load_sweep
+from robustsweep.sweep import SweepOverrides, load_sweep
+
+from .conftest import trial_runs_only
 
 REPO = Path(__file__).resolve().parents[1]
 #: Settings of a trial that takes a second on a CPU (with data_root and epochs).
@@ -190,6 +193,64 @@ def test_the_cpu_study_file_is_table1s_mnist_grid_at_a_stated_scale_with_seeds_f
     assert "180 trials (seeds 0, 1, 2)" in capsys.readouterr().out
 
 
+#: The flags sweeps/table1-mnist-extra.yaml's header (and results/table1-mnist/RUN.md) launch table1 with.
+STUDY_SCALE_FLAGS = SweepOverrides(local=True, gpu=0, only=("mnist-*",), name="table1-mnist", settings=(
+    "attack_subset=2000", "attacks=[fgsm,pgd,autoattack]", "autoattack_subset=500", "curvature=[top_eig,trace]",
+    "hessian_trace_probes=50"))
+
+
+def test_the_study_scale_run_is_table1s_mnist_grid_and_its_extra_file_repeats_its_settings_for_seeds_1_2():
+    main_run = load_sweep(REPO / "sweeps" / "table1.yaml", overrides=STUDY_SCALE_FLAGS)
+    assert main_run.name == main_run.experiment == "table1-mnist" and len(main_run.trials) == 144
+    assert all(t.resources.gpu == 0 and t.resources.cpu == 1 for t in main_run.trials)
+    for c in (t.config for t in main_run.trials):
+        assert (c.dataset, c.epochs, c.subset, c.test_subset, c.attack_subset, c.pgd_steps, c.hessian_samples) == \
+            ("mnist", 30, 0, 0, 2000, 20, 1000)
+        assert (c.attacks, c.autoattack_subset, c.autoattack_steps, c.autoattack_targets) == \
+            (("fgsm", "pgd", "autoattack"), 500, 100, 9)
+        assert c.curvature == ("top_eig", "trace") and c.seed == 0
+    extra = load_sweep(REPO / "sweeps" / "table1-mnist-extra.yaml")
+    assert extra.experiment == "table1-mnist" and len(extra.trials) == 42
+    seeds = [t for t in extra.trials if t.group != "mnist-fit-control"]
+    assert len(seeds) == 36 and {t.config.seed for t in seeds} == {1, 2}
+    # a seed-1/2 trial is a seed-0 trial of the main run with only the seed changed, in a group of the
+    # same name, so the report lines the seeds up by their settings
+    by_config = {dataclasses.replace(t.config, seed=0, data_root="", download=False): t for t in main_run.trials}
+    for t in seeds:
+        twin = by_config[dataclasses.replace(t.config, seed=0, data_root="", download=False)]
+        assert twin.group == t.group and twin.config.variant == "sgd"
+    control = [t.config for t in extra.trials if t.group == "mnist-fit-control"]
+    assert sorted(c.batch_size for c in control) == [32, 64, 128, 256, 512, 1024]
+    assert all((c.lr, c.stop_train_acc, c.epochs, c.schedule, c.seed) == (0.1, 0.99, 150, "constant", 0)
+               for c in control)
+
+
+def test_beyond_is_the_studys_mnist_constant_lr_grid_for_sgd_and_sam_with_autoattack_and_the_trace(capsys):
+    # Derived in the header of sweeps/beyond.yaml: 2 variants x 2 rates x 6 batch sizes x 3 seeds = 72.
+    spec = load_sweep(REPO / "sweeps" / "beyond.yaml")
+    assert len(spec.trials) == 72
+    table1 = load_sweep(REPO / "sweeps" / "table1.yaml")
+    grid = {(t.config.lr, t.config.batch_size) for t in table1.trials if t.group == "mnist-constant-lr"}
+    assert len(grid) == 12
+    for variant in ("sgd", "sam"):
+        rows = [t.config for t in spec.trials if t.config.variant == variant]
+        assert len(rows) == 36 and {(c.lr, c.batch_size) for c in rows} == grid
+        assert {c.seed for c in rows} == {0, 1, 2}
+        assert {c.sam_rho for c in rows} == ({0.05} if variant == "sam" else {None})  # Foret et al.'s rho
+    for c in (t.config for t in spec.trials):
+        assert (c.dataset, c.schedule, c.momentum, c.weight_decay, c.eps) == ("mnist", "constant", 0.0, 0.0,
+                                                                             (0.03, 0.15))
+        # the scale of table1-mnist-cpu.yaml, the measurements of table1-mnist-extra.yaml
+        assert (c.epochs, c.subset, c.test_subset, c.attack_subset, c.pgd_steps, c.hessian_samples) == \
+            (6, 30000, 0, 2000, 20, 1000)
+        assert (c.attacks, c.autoattack_subset, c.autoattack_steps, c.autoattack_targets) == \
+            (("fgsm", "pgd", "autoattack"), 500, 100, 9)
+        assert (c.curvature, c.hessian_trace_probes) == (("top_eig", "trace"), 50)
+    assert all(t.resources.cpu == 1 and t.resources.gpu == 0 for t in spec.trials)
+    assert main(["validate", str(REPO / "sweeps" / "beyond.yaml")]) == 0
+    assert "72 trials (seeds 0, 1, 2)" in capsys.readouterr().out
+
+
 def test_smoke_sweep_validates():
     spec = load_sweep(REPO / "sweeps" / "smoke.yaml")
     assert 2 <= len(spec.trials) <= 6 and all(t.config.subset for t in spec.trials)
@@ -225,7 +286,7 @@ def test_debug_mode_keeps_going_past_a_failed_trial_and_never_duplicates_runs(tm
         out = capsys.readouterr().out
         assert "1 failed" in out and "injected failure" in out
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("dbg").experiment_id])
+    runs = trial_runs_only(client.search_runs([client.get_experiment_by_name("dbg").experiment_id]))
     by_group = {r.data.tags["group"]: r for r in runs}
     assert len(runs) == 2  # the second launch reused the failed trial's run and skipped the finished one
     assert by_group["fine"].info.status == "FINISHED" and "clean_acc" in by_group["fine"].data.metrics
@@ -294,7 +355,7 @@ def test_flags_are_recorded_on_every_run(tmp_path, mnist_root, capsys):
     out = capsys.readouterr().out
     name = re.search(r"sweep (flagged-[0-9a-f]{6}): 1 trials", out).group(1)
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    (run,) = trial_runs_only(client.search_runs([client.get_experiment_by_name(name).experiment_id]))
     assert run.data.tags["sweep_flags"] == "--set epochs=1 --only a --seeds 3" and run.data.tags["sweep"] == name
     assert (run.data.params["epochs"], run.data.params["seed"], run.data.params["lr"]) == ("1", "3", "0.05")
 
@@ -330,3 +391,69 @@ def test_resume_and_status_remember_the_flags_a_sweep_was_launched_with(tmp_path
     assert [t.trial_id for t in saved.trials] == [t.trial_id for t in spec.trials] and len(saved.trials) == 12
     assert all(t.config.epochs == 3 and t.config.seed == 4 and t.resources.gpu == 0.5 for t in saved.trials)
     assert saved.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_export_import_and_audit_take_the_flags_a_sweep_file_was_launched_with(tmp_path, mnist_root, capsys):
+    # The study-scale run is table1.yaml plus flags: on a fresh machine its export must import into the
+    # same (flagged) sweep before `launch` with those flags runs only what is missing.
+    uri, path = _tiny_sweep(tmp_path, mnist_root, "fl", 1, """
+  - name: g
+    grid: {batch_size: [50, 100]}""")
+    flags = ["--set", "lr=0.05", "--name", "fl-flagged"]
+    assert main(["launch", str(path), "--debug", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "robustsweep: 1/2 trials done; about" in out and "robustsweep: 2/2 trials done\n" in out
+    exported = tmp_path / "runs.jsonl"
+    assert main(["export", str(path), "--out", str(exported), *flags]) == 0
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    capsys.readouterr()
+    assert main(["import", str(exported), str(path), "--tracking-uri", fresh, *flags]) == 0
+    assert "imported 2 runs of sweep fl-flagged" in capsys.readouterr().out
+    assert main(["audit", str(path), "--tracking-uri", fresh, "--complete", *flags]) == 0
+    # without the flags the file is another sweep (another name, other trial ids), with no runs there
+    assert main(["audit", str(path), "--tracking-uri", fresh, "--complete"]) == 1
+    # a launched sweep keeps its own flags: giving flags with its name is refused in one paragraph
+    capsys.readouterr()
+    assert main(["export", "fl-flagged", "--out", str(exported), "--set", "lr=0.1",
+                 "--storage-path", str(tmp_path / "ray_results")]) == 2
+    assert "names a launched sweep, which keeps the flags" in capsys.readouterr().err
+
+
+def test_committed_study_runs_still_match_their_sweep_files_trial_ids():
+    # New settings come with defaults that keep the old behaviour, and trial ids hash only non-default
+    # settings: every committed run must still be its sweep's trial, or import and launch would orphan it.
+    import json
+
+    def committed(folder):
+        return {json.loads(line)["trial_id"] for line in (REPO / "results" / folder / "runs.jsonl").read_text().splitlines()}
+
+    assert committed("table1-mnist-cpu") == {t.trial_id for t in load_sweep(REPO / "sweeps" / "table1-mnist-cpu.yaml").trials}
+    # the study-scale run is under way across sessions: what it exported so far are trials of its sweep
+    study = {t.trial_id for t in load_sweep(REPO / "sweeps" / "table1.yaml", overrides=STUDY_SCALE_FLAGS).trials}
+    assert committed("table1-mnist") and committed("table1-mnist") <= study
+
+
+def test_local_on_a_machine_without_a_gpu_drops_the_files_gpu_share_and_grid_keeps_listed_axis_values(capsys):
+    # the real study file asks for 1/16 of a GPU per trial; --local on this CPU-only machine runs it here
+    full = load_sweep(REPO / "sweeps" / "table1.yaml", overrides=SweepOverrides(local=True, only=("mnist-*",)))
+    assert all(t.resources.gpu == 0 for t in full.trials) and full.notes
+    args = ["sweeps/table1.yaml", "--local", "--only", "mnist-constant-lr-adam", "--grid", "batch_size=32,64",
+            "--set", "epochs=1"]
+    assert main(["validate", str(REPO / args[0]), *args[1:]]) == 0
+    out = capsys.readouterr().out
+    assert "this machine has no GPU, so the sweep file's GPU share per trial is dropped" in out
+    assert "2 trials" in out
+    two = load_sweep(REPO / "sweeps" / "table1.yaml", overrides=SweepOverrides(
+        local=True, only=("mnist-constant-lr-adam",), grid=("batch_size=32,64",), settings=("epochs=1",)))
+    every = load_sweep(REPO / "sweeps" / "table1.yaml", overrides=SweepOverrides(
+        local=True, only=("mnist-constant-lr-adam",), settings=("epochs=1",)))
+    # the same trials, with the same ids, as in the whole group; a sweep of its own name
+    assert [t.config.batch_size for t in two.trials] == [32, 64]
+    assert {t.trial_id for t in two.trials} <= {t.trial_id for t in every.trials}
+    assert two.name != every.name and "--grid batch_size=32,64" in two.flags
+    with pytest.raises(ConfigError, match=r"group 'mnist-constant-lr-adam' has no batch_size value 100"):
+        load_sweep(REPO / "sweeps" / "table1.yaml", overrides=SweepOverrides(only=("mnist-constant-lr-adam",),
+                                                                           grid=("batch_size=32,100",)))
+    with pytest.raises(ConfigError, match=r"no selected group varies 'momentum'"):
+        load_sweep(REPO / "sweeps" / "table1.yaml", overrides=SweepOverrides(only=("mnist-constant-lr-adam",),
+                                                                           grid=("momentum=0.9",)))

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from robustsweep.cli import main
 from robustsweep.tracking_process import TrackingProcess
 
-from .conftest import TINY_EVAL
+from .conftest import TINY_EVAL, trial_runs_only
 
 
 def test_child_logs_the_run_and_never_imports_torch(mlflow_uri, tmp_path):
@@ -61,7 +61,7 @@ def _the_run(uri, predicate, timeout, what):
     deadline = time.time() + timeout
     while time.time() < deadline:
         experiment = client.get_experiment_by_name("robustsweep")
-        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        runs = trial_runs_only(client.search_runs([experiment.experiment_id])) if experiment else []
         if len(runs) == 1 and predicate(runs[0]):
             return runs[0]
         time.sleep(0.3)

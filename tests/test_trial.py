@@ -12,13 +12,13 @@ from robustsweep.config import make_trial_config
 from robustsweep.data import DeviceBatches, Split
 from robustsweep.trial import lr_at_epoch, run_trial
 
-from .conftest import TINY_EVAL
+from .conftest import TINY_EVAL, trial_runs_only
 
 
 def _runs(uri, experiment="robustsweep"):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    return client, client.search_runs([exp.experiment_id]) if exp else []
+    return client, trial_runs_only(client.search_runs([exp.experiment_id])) if exp else []
 
 
 def test_cli_trains_m1_on_real_mnist_and_logs_one_finished_run(mnist_root, mlflow_uri, capsys):
@@ -309,3 +309,66 @@ def test_phase_clock_synchronizes_a_gpu_before_reading_the_time(monkeypatch):
     with _PhaseClock(torch.device("cpu"), out)("pgd"):
         pass
     assert set(out) == {"seconds_pgd"}  # one key per phase, the eps of a phase added up
+
+
+def test_opt_in_measurements_log_every_key_and_autoattack_is_no_weaker_than_pgd(mnist_root, mlflow_uri):
+    config = make_trial_config(_tiny_values(mnist_root, mlflow_uri, subset=2000, epochs=1, batch_size=32,
+                                            lr=0.05, attack_subset=60, pgd_steps=10, eps=[0.1, 0.2],
+                                            attacks=["fgsm", "pgd", "autoattack"], autoattack_subset=40,
+                                            autoattack_steps=10, autoattack_targets=3,
+                                            curvature=["top_eig", "top_k", "trace"], hessian_top_k=3,
+                                            hessian_iters=30, hessian_trace_probes=5))
+    outcome = run_trial(config)
+    client, (run,) = _runs(mlflow_uri)
+    metrics = run.data.metrics
+    expected = set(keys.trial_metric_keys(config.resolved()))
+    assert {"autoattack_acc_eps0.1", "autoattack_ratio_eps0.2", "hessian_trace", "hessian_trace_se",
+            "hessian_eig_1", "hessian_eig_3", "seconds_autoattack", "seconds_hessian_trace"} <= expected
+    assert expected <= set(metrics) and expected <= set(outcome.metrics)
+    assert metrics["hessian_eig_1"] >= metrics["hessian_eig_2"] >= metrics["hessian_eig_3"]
+    assert metrics["hessian_eig_1"] == pytest.approx(metrics[keys.HESSIAN_TOP_EIG], rel=1e-2)
+    assert metrics["hessian_trace_se"] > 0
+    for e in (0.1, 0.2):
+        # AutoAttack ran on the first 40 of the 60 attacked images; PGD's accuracy on those same 40 is logged
+        # beside it, and AutoAttack is no weaker there
+        aa, pgd_there = metrics[f"autoattack_acc_eps{e:g}"], metrics[f"autoattack_pgd_acc_eps{e:g}"]
+        assert aa <= pgd_there
+        assert metrics[f"autoattack_ratio_eps{e:g}"] == pytest.approx(aa / metrics[keys.AUTOATTACK_CLEAN_ACC])
+
+
+def test_stop_train_acc_stops_at_the_first_epoch_that_reaches_it_and_a_resume_trains_no_further(
+        mnist_root, mlflow_uri):
+    states = []
+    config = make_trial_config(_tiny_values(mnist_root, mlflow_uri, epochs=6, lr=0.1, batch_size=20,
+                                            stop_train_acc=0.5))
+    outcome = run_trial(config, on_epoch_end=lambda epoch, metrics, state: states.append(state()))
+    accuracies = [h["train_acc"] for h in outcome.history]
+    stopped = next(i for i, a in enumerate(accuracies, 1) if a >= 0.5)
+    assert stopped < 6 and outcome.epochs_run == stopped == len(accuracies)
+    assert outcome.metrics[keys.STOPPED_EPOCH] == stopped and outcome.metrics[keys.REACHED_STOP_TRAIN_ACC] == 1.0
+    client, (run,) = _runs(mlflow_uri)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "clean_acc")] == [stopped]
+    assert max(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == stopped
+    # a retry from the checkpoint of the stopping epoch (killed during its measurements) goes straight to them
+    client.set_terminated(run.info.run_id, "FAILED")
+    again = run_trial(config, resume_state=states[-1])
+    assert again.run_id == run.info.run_id and again.epochs_run == stopped and len(again.history) == stopped
+    # the cap: a target never reached trains every epoch and says so
+    capped = run_trial(make_trial_config(_tiny_values(mnist_root, mlflow_uri, epochs=2, stop_train_acc=1.0)))
+    assert capped.epochs_run == 2 and capped.metrics[keys.REACHED_STOP_TRAIN_ACC] == 0.0
+
+
+def test_a_closed_output_pipe_does_not_end_the_trial(mnist_root, mlflow_uri, tmp_path):
+    # `robustsweep run ... | head -3`: the reader leaves after three lines; the trial must still finish
+    import subprocess
+    import sys
+
+    command = (f"{sys.executable} -c 'from robustsweep.cli import console_main; console_main()' run "
+               f"data_root={mnist_root} mlflow_tracking_uri={mlflow_uri} device=cpu subset=500 epochs=3 "
+               f"batch_size=50 test_subset=100 attack_subset=20 hessian_samples=20 pgd_steps=1 hessian_iters=2 "
+               f"eps=[0.1] --quiet | head -1")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+    assert len(result.stdout.splitlines()) == 1
+    client, runs = _runs(mlflow_uri)
+    assert [r.info.status for r in runs] == ["FINISHED"], result.stderr[-2000:]
+    assert "BrokenPipeError" not in result.stderr

@@ -13,7 +13,7 @@ from robustsweep.variants import VARIANTS
 from robustsweep.variants.sgdnoise import noise_std_for
 from robustsweep.variants.sgdselective import selection_probability
 
-from .conftest import TINY_EVAL
+from .conftest import TINY_EVAL, trial_runs_only
 
 # ---------------------------------------------------------------------------------------------
 # SVRG on a strongly convex least-squares problem
@@ -214,7 +214,8 @@ def test_selective_backprop_first_epoch_uses_every_example_and_beta_selects(mnis
 
 
 @pytest.mark.parametrize("variant, lr", [("sgd", 0.05), ("svrg", 0.05), ("sgdnoise", 0.05),
-                                         ("sgdselective", 0.05), ("adam", 0.001), ("adamw", 0.001)])
+                                         ("sgdselective", 0.05), ("adam", 0.001), ("adamw", 0.001),
+                                         ("sam", 0.05), ("asam", 0.05)])
 def test_each_variant_trains_m1_through_robustsweep_run(variant, lr, mnist_root, mlflow_uri, capsys):
     epochs = 2 if variant == "sgdselective" else 1  # SB's first epoch is plain SGD by design
     code = main(["run", f"variant={variant}", f"lr={lr}", f"data_root={mnist_root}", "device=cpu",
@@ -222,19 +223,20 @@ def test_each_variant_trains_m1_through_robustsweep_run(variant, lr, mnist_root,
                  *TINY_EVAL, "--quiet"])
     assert code == 0, capsys.readouterr()
     client = MlflowClient(mlflow_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("robustsweep").experiment_id])
+    (run,) = trial_runs_only(client.search_runs([client.get_experiment_by_name("robustsweep").experiment_id]))
     # 3000 examples at batch 64 reach ~0.75 after one epoch; chance is 0.1. 0.5 is five times chance.
     assert run.data.metrics["clean_acc"] >= 0.5, run.data.metrics
     assert run.data.params["variant"] == variant
     # per-example gradient evaluations in each epoch on 3000 examples: one per example, SVRG three
-    # (a full snapshot pass plus two gradients per step), Selective Backprop one per back-propagated one
+    # (a full snapshot pass plus two gradients per step), SAM and ASAM two (at w and at w + e),
+    # Selective Backprop one per back-propagated one
     grad_evals = [m.value for m in client.get_metric_history(run.info.run_id, "grad_evals")]
     if variant == "sgdselective":
         backward = [m.value for m in client.get_metric_history(run.info.run_id, "sb_backward")]
         # epoch 1 selects all: 46 full batches of 64; the last 56 examples wait in the pool
         assert grad_evals == backward and backward[0] == 46 * 64 and 0 < backward[1] < 3000
     else:
-        assert grad_evals == [9000.0 if variant == "svrg" else 3000.0]
+        assert grad_evals == [{"svrg": 9000.0, "sam": 6000.0, "asam": 6000.0}.get(variant, 3000.0)]
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -420,3 +422,193 @@ def test_svrg_snapshot_every_two_epochs_snapshots_in_epochs_1_and_3_only(mnist_r
     outcome = _tiny_trial(mnist_root, mlflow_uri, variant="svrg", epochs=4, svrg_snapshot_every=2)
     assert [h.get("snapshots", 0) for h in outcome.history] == [1, 0, 1, 0]
     assert [h["grad_evals"] for h in outcome.history] == [300 + 600, 600, 300 + 600, 600]
+
+
+# ---------------------------------------------------------------------------------------------
+# SAM and ASAM, by hand
+
+
+class _TinyMLP(nn.Module):
+    """4 -> 3 -> 3 with biases: parameters hidden.weight (3x4), hidden.bias, out.weight (3x3), out.bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(4, 3)
+        self.out = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.hidden(x)))
+
+
+def _mlp_loss(flat, x, y):
+    """_TinyMLP's mean cross-entropy written out on its 27 flat parameters (in parameters() order)."""
+    w1, b1, w2, b2 = flat[:12].view(3, 4), flat[12:15], flat[15:24].view(3, 3), flat[24:27]
+    return nn.functional.cross_entropy(torch.tanh(x @ w1.T + b1) @ w2.T + b2, y)
+
+
+#: Which of the 27 flat parameters are weights (ASAM scales those by |w| + eta), which biases.
+_MLP_IS_WEIGHT = torch.cat([torch.ones(12), torch.zeros(3), torch.ones(9), torch.zeros(3)]).bool()
+
+
+def _flat_gradient(w, x, y):
+    w = w.detach().clone().requires_grad_(True)
+    return torch.autograd.grad(_mlp_loss(w, x, y), w)[0]
+
+
+def _hand_perturbation(name, w, g, rho, eta, normalize_biases=False, eta_on=True):
+    """SAM: e = rho g / ||g||. ASAM: e = rho T^2 g / ||T g||, T = |w| + eta on weights, 1 on biases."""
+    if name == "sam":
+        t = torch.ones_like(w)
+    else:
+        scaled = w.abs() + (eta if eta_on else 0.0)
+        t = scaled if normalize_biases else torch.where(_MLP_IS_WEIGHT, scaled, torch.ones_like(w))
+    return rho * t ** 2 * g / (t * g).norm()
+
+
+@pytest.mark.parametrize("name, rho", [("sam", 0.05), ("asam", 0.5)])
+def test_sam_and_asam_follow_two_hand_computed_steps_with_momentum_and_weight_decay(name, rho):
+    # The paper defaults (rho 0.05 for SAM, Foret et al.; 0.5 for ASAM, Kwon et al.; eta 0.01) are what
+    # an unset sam_rho resolves to; the expected update is written out with them as literals.
+    torch.manual_seed(0)
+    model = _TinyMLP().double()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (8,), generator=g)
+    lr, momentum, wd, eta = 0.1, 0.9, 0.1, 0.01
+    config = TrialConfig(variant=name, lr=lr, momentum=momentum, weight_decay=wd, batch_size=8).resolved()
+    assert (config.sam_rho, config.asam_eta) == (rho, eta)
+    variant = VARIANTS[name](model, config, Split(torch.zeros(1), torch.zeros(1)), torch.Generator())
+
+    def flat():
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    w0 = flat()
+    e0 = _hand_perturbation(name, w0, _flat_gradient(w0, x, y), rho, eta)
+    d0 = _flat_gradient(w0 + e0, x, y) + wd * w0      # the gradient at w + e; L2 decay at w
+    w1 = w0 - lr * d0                                  # step 1: the momentum buffer starts as d0
+    e1 = _hand_perturbation(name, w1, _flat_gradient(w1, x, y), rho, eta)
+    buffer = momentum * d0 + _flat_gradient(w1 + e1, x, y) + wd * w1
+    w2 = w1 - lr * buffer
+    for step, expected in enumerate((w1, w2)):
+        result = variant.train_step(x, y)
+        assert torch.allclose(flat(), expected, rtol=0, atol=1e-12), (name, step)
+    # the training metrics are the first pass's, at w (here w1, before the second step)
+    assert float(result.loss_sum) == pytest.approx(8 * float(_mlp_loss(w1, x, y)), rel=1e-12)
+    assert variant.end_epoch()["grad_evals"] == 2 * 2 * 8
+
+    # The check tells apart what a SAM step could wrongly be: plain SGD; weight decay inside the
+    # perturbed loss (Foret et al.'s JAX code: decay at w + e); for ASAM, the paper's T_w on the biases
+    # too, and davda54/sam's adaptive mode (T_w = |w| on every parameter).
+    g0 = _flat_gradient(w0, x, y)
+    wrong = {"sgd": w0 - lr * (g0 + wd * w0),
+             "decay at w + e": w0 - lr * (_flat_gradient(w0 + e0, x, y) + wd * (w0 + e0))}
+    if name == "asam":
+        for label, kwargs in (("biases normalized", {"normalize_biases": True}),
+                              ("davda54 adaptive", {"normalize_biases": True, "eta_on": False})):
+            e = _hand_perturbation(name, w0, g0, rho, eta, **kwargs)
+            wrong[label] = w0 - lr * (_flat_gradient(w0 + e, x, y) + wd * w0)
+        sam_e = _hand_perturbation("sam", w0, g0, rho, eta)
+        wrong["sam's perturbation"] = w0 - lr * (_flat_gradient(w0 + sam_e, x, y) + wd * w0)
+    for label, other in wrong.items():
+        assert (other - w1).abs().max() > 1e-6, label
+
+
+def _sam_bn_variant(name, model, **settings):
+    config = TrialConfig(variant=name, lr=0.05, batch_size=32, **settings).resolved()
+    return VARIANTS[name](model, config, Split(torch.zeros(1), torch.zeros(1)), torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", ["sam", "asam"])
+def test_sam_moves_batchnorm_running_statistics_once_per_step_as_sgd_does(name):
+    import copy
+
+    torch.manual_seed(0)
+    model = _ConvBN().train()
+    initial = copy.deepcopy(model)
+    plain = copy.deepcopy(model)
+    x, y = _image_batches(32)
+    _sam_bn_variant(name, model).train_step(x, y)
+    _sam_bn_variant("sgd", plain).train_step(x, y)
+    # the same weights before the step, so the same running statistics after it as a plain SGD step's
+    _assert_bn_equal(_bn_state(model), _bn_state(plain))
+    assert _bn_state(model)[2] == 1
+    after_first = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # and again from weights of SAM's own: exactly one training-mode forward at w per step
+    x2, y2 = _image_batches(32, seed=1)
+    expected = _after_one_training_forward(model, x2)
+    _sam_bn_variant(name, model).train_step(x2, y2)
+    _assert_bn_equal(_bn_state(model), expected)
+
+    # The first step's weights by hand: both passes in training mode (batch statistics), the
+    # perturbation from the first pass's gradient, ASAM's T_w = |w| + eta on the 'weight' tensors
+    # (BatchNorm's scale included) and 1 on the biases (BatchNorm's shift included).
+    w0 = {n: p.detach().clone() for n, p in initial.named_parameters()}
+
+    def gradient(params):
+        params = {n: p.clone().requires_grad_(True) for n, p in params.items()}
+        out = torch.func.functional_call(copy.deepcopy(initial), params, (x,))
+        return dict(zip(params, torch.autograd.grad(nn.functional.cross_entropy(out, y), list(params.values()))))
+
+    rho = 0.05 if name == "sam" else 0.5
+    g = gradient(w0)
+    t = {n: w.abs() + 0.01 if name == "asam" and n.endswith("weight") else torch.ones_like(w) for n, w in w0.items()}
+    norm = torch.sqrt(sum(((t[n] * g[n]) ** 2).sum() for n in w0))
+    g_sam = gradient({n: w0[n] + rho * t[n] ** 2 * g[n] / norm for n in w0})
+    for n in w0:
+        assert torch.allclose(after_first[n], w0[n] - 0.05 * g_sam[n], rtol=0, atol=1e-6), n
+    # which is not SGD's step (by far more than the tolerance)
+    assert max((after_first[n] - (w0[n] - 0.05 * g[n])).abs().max() for n in w0) > 1e-4
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"sam_rho": 0}, "sam_rho=0.0: must be a finite number > 0"),
+    ({"sam_rho": -0.05}, "sam_rho=-0.05: must be a finite number > 0"),
+    ({"sam_rho": float("inf")}, "sam_rho=inf: must be a finite number > 0"),
+    ({"sam_rho": "wide"}, "sam_rho='wide': expected a number or null"),
+    ({"asam_eta": -0.01}, "asam_eta=-0.01: must be a finite number >= 0"),
+    ({"asam_eta": float("nan")}, "asam_eta=nan: must be a finite number >= 0"),
+    ({"asam_eta": None}, "asam_eta=None: expected a number"),
+])
+def test_sam_rho_and_asam_eta_are_validated(values, fragment):
+    from robustsweep.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        make_trial_config({"variant": "asam", **values})
+    assert fragment in str(error.value)
+
+
+def test_sam_rho_resolves_per_variant_and_leaves_other_variants_alone(capsys):
+    assert TrialConfig(variant="sam").resolved().sam_rho == 0.05      # Foret et al. 2021
+    assert TrialConfig(variant="asam").resolved().sam_rho == 0.5      # Kwon et al. 2021, CIFAR
+    assert TrialConfig(variant="asam", sam_rho=1.0).resolved().sam_rho == 1.0
+    assert TrialConfig(variant="sgd").resolved().sam_rho is None       # other trials: unchanged
+    assert TrialConfig().resolved().asam_eta == 0.01
+    # through the command line: one paragraph, exit 2
+    assert main(["run", "variant=sam", "sam_rho=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "sam_rho=-1.0: must be a finite number > 0" in err and "Traceback" not in err
+
+
+def test_sam_runs_through_robustsweep_run_with_autoattack_and_the_trace(mnist_root, mlflow_uri, capsys):
+    from robustsweep import metrics as keys
+
+    code = main(["run", "dataset=mnist", "variant=sam", "attacks=[fgsm,pgd,autoattack]",
+                 "curvature=[top_eig,trace]", f"data_root={mnist_root}", "device=cpu",
+                 f"mlflow_tracking_uri={mlflow_uri}", "subset=2000", "epochs=1", "batch_size=32", "lr=0.05",
+                 "test_subset=300", "attack_subset=60", "pgd_steps=10", "eps=[0.1]", "autoattack_subset=40",
+                 "autoattack_steps=10", "autoattack_targets=3", "hessian_samples=100", "hessian_iters=20",
+                 "hessian_trace_probes=5", "--quiet"])
+    assert code == 0, capsys.readouterr()
+    client = MlflowClient(mlflow_uri)
+    (run,) = trial_runs_only(client.search_runs([client.get_experiment_by_name("robustsweep").experiment_id]))
+    metrics = run.data.metrics
+    config = make_trial_config({"variant": "sam", "attacks": ["fgsm", "pgd", "autoattack"], "eps": [0.1],
+                                "curvature": ["top_eig", "trace"]}).resolved()
+    assert set(keys.trial_metric_keys(config)) <= set(metrics)
+    assert {"autoattack_acc_eps0.1", "hessian_trace", "hessian_trace_se"} <= set(metrics)
+    assert run.data.params["variant"] == "sam" and run.data.params["sam_rho"] == "0.05"
+    assert metrics["grad_evals"] == 2 * 2000
+    assert metrics["clean_acc"] >= 0.5  # five times chance after one epoch on 2000 examples
+    # AutoAttack ran on the first 40 of PGD's 60 images: it can do no better than PGD there, up to the
+    # 20 images it did not see
+    assert metrics["autoattack_acc_eps0.1"] * 40 <= metrics["pgd_acc_eps0.1"] * 60

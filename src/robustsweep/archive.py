@@ -3,11 +3,15 @@
 ``robustsweep export`` writes one JSON line per finished MLflow run of a sweep
 (its name, tags, params, every metric's full history, dataset inputs, times):
 no model weights and no Ray checkpoints, a few kB per run, sorted by trial id
-so that a re-export after more trials finished diffs cleanly.
+so that a re-export after more trials finished diffs cleanly. The sweep's parent
+run (robustsweep.sweep_run: its counts, flags, note) comes first, marked
+``"kind": "sweep"``; its artifacts (the sweep file, a report) stay behind.
 
 ``robustsweep import`` recreates those runs in a sweep's MLflow experiment,
-on a fresh machine say. A trial that already has a FINISHED run there is
-skipped, so importing twice changes nothing. ``robustsweep launch`` then skips
+on a fresh machine say, nested under the sweep's parent run there (the one it
+has, else one made from the exported parent, else a new one: exports written
+before parents existed import too). A trial that already has a FINISHED run
+there is skipped, so importing twice changes nothing. ``robustsweep launch`` then skips
 every imported trial (it never retrains a trial whose run FINISHED) and runs
 only the rest: a long sweep continues from what was committed even when the
 MLflow database and Ray's checkpoints are gone.
@@ -26,7 +30,9 @@ from .tracking import get_or_create_experiment, make_client
 
 FORMAT = "robustsweep-runs/1"
 #: Tags MLflow sets or derives itself: not copied, they would describe the exporting machine.
-_SKIP_TAG_PREFIXES = ("mlflow.log-model", "mlflow.source", "mlflow.user", "mlflow.runName")
+_SKIP_TAG_PREFIXES = ("mlflow.log-model", "mlflow.source", "mlflow.user", "mlflow.runName", "mlflow.parentRunId")
+#: The ``kind`` of the exported parent run's line (trial runs' lines have none).
+PARENT_KIND = "sweep"
 
 
 @dataclass
@@ -36,43 +42,66 @@ class ImportResult:
     experiment_id: str
 
 
-def _finished_runs(client, experiment_id: str, sweep: str) -> Iterator[Any]:
-    from .launch import trial_runs, trial_state
+def _finished_runs(runs: dict[str, list[Any]]) -> Iterator[Any]:
+    from .runs import trial_state
 
-    for trial_id, runs in sorted(trial_runs(client, experiment_id, sweep).items()):
-        state, run = trial_state(runs)
+    for trial_id, mine in sorted(runs.items()):
+        state, run = trial_state(mine)
         if trial_id and state == "finished":
             yield run  # newest FINISHED run of the trial (there is one, unless runs were copied in)
 
 
-def _record(client, run) -> dict[str, Any]:
-    metrics = {}
-    for key in sorted(run.data.metrics):
-        history = client.get_metric_history(run.info.run_id, key)
-        metrics[key] = [[m.step, m.value, m.timestamp] for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+def _record(run, histories: dict[str, list[Any]]) -> dict[str, Any]:
+    """One exported line: ``histories`` are the run's metric histories (runs.metric_histories)."""
+    metrics = {key: [[m.step, m.value, m.timestamp] for m in histories.get(key, [])] for key in sorted(run.data.metrics)}
     inputs = []
     for item in (run.inputs.dataset_inputs if run.inputs else []):
         context = {t.key: t.value for t in item.tags}.get("mlflow.data.context", "")
         d = item.dataset
         inputs.append({"name": d.name, "digest": d.digest, "source_type": d.source_type, "source": d.source,
                        "context": context})
-    return {"format": FORMAT, "run_name": run.info.run_name, "trial_id": run.data.tags.get("trial_id"),
+    from .sweep_run import is_parent
+
+    kind = {"kind": PARENT_KIND} if is_parent(run) else {}
+    return {"format": FORMAT, **kind, "run_name": run.info.run_name, "trial_id": run.data.tags.get("trial_id"),
             "status": run.info.status, "start_time": run.info.start_time, "end_time": run.info.end_time,
             "tags": {k: v for k, v in sorted(run.data.tags.items()) if not k.startswith(_SKIP_TAG_PREFIXES)},
             "params": dict(sorted(run.data.params.items())), "metrics": metrics, "inputs": inputs}
 
 
 def export_runs(uri: str, experiment: str, sweep: str, path: str | os.PathLike) -> int:
-    """Write the sweep's FINISHED runs to ``path`` (JSON lines); returns how many."""
-    client = make_client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    records = [] if exp is None else [_record(client, run) for run in _finished_runs(client, exp.experiment_id, sweep)]
+    """Write the sweep's parent run and FINISHED trial runs to ``path`` (JSON lines); returns how many of
+    the trials'."""
+    from .runs import metric_histories, read_sweep_runs
+    from .sweep_run import find_parents
+
+    client, experiment_id, runs = read_sweep_runs(uri, experiment, sweep)
+    finished = list(_finished_runs(runs))
+    parents = find_parents(client, experiment_id, sweep)[:1] if experiment_id else []
+    histories = metric_histories(client, parents + finished)  # in bulk: one call per metric key and chunk of runs
+    records = [_record(run, histories[run.info.run_id]) for run in parents + finished]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     os.replace(tmp, path)  # a reader never sees half a file
-    return len(records)
+    return len(finished)
+
+
+#: MLflow's limits on one log_batch call: 100 params (or tags), 1000 metrics, 1000 entities in all.
+_MAX_PARAMS, _MAX_METRICS, _MAX_ENTITIES = 100, 1000, 1000
+
+
+def _batches(params: list[Any], metrics: list[Any], tags: list[Any]) -> Iterator[dict[str, list[Any]]]:
+    """A run's params, metrics and tags in as few log_batch calls as MLflow's limits allow (one, for a
+    study run: about 40 params, 90 metric points and a tag)."""
+    params, metrics, tags = list(params), list(metrics), list(tags)
+    while params or metrics or tags:
+        take_p = params[:_MAX_PARAMS]
+        take_t = tags[:min(_MAX_PARAMS, _MAX_ENTITIES - len(take_p))]
+        take_m = metrics[:min(_MAX_METRICS, _MAX_ENTITIES - len(take_p) - len(take_t))]
+        del params[:len(take_p)], tags[:len(take_t)], metrics[:len(take_m)]
+        yield {"params": take_p, "metrics": take_m, "tags": take_t}
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -96,45 +125,87 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def import_runs(path: str | os.PathLike, uri: str, experiment: str, sweep: str) -> ImportResult:
-    """Recreate the exported runs of ``sweep`` in ``experiment`` at ``uri``; skip trials already FINISHED there."""
+@dataclass
+class _Target:
+    client: Any
+    experiment_id: str
+    path: str
+
+
+def _recreate(target: _Target, record: dict[str, Any], tags: dict[str, str]) -> str:
+    """One exported run made again in the target experiment (params, tags, every metric point, dataset inputs,
+    status and times as exported); its new id."""
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
-    from .launch import trial_runs, trial_state
     from .tracking import _retry_locked
+
+    client = target.client
+    tags = {**tags, "robustsweep.imported_from": target.path}
+    run = _retry_locked(client.create_run)(target.experiment_id, start_time=record["start_time"], tags=tags,
+                                           run_name=record["run_name"])
+    run_id = run.info.run_id
+    params = [Param(k, v) for k, v in record["params"].items()]
+    metrics = [Metric(k, value, timestamp, step) for k, points in record["metrics"].items()
+               for step, value, timestamp in points]
+    for batch in _batches(params, metrics, [RunTag("mlflow.runName", record["run_name"])]):
+        _retry_locked(client.log_batch)(run_id, **batch)
+    if record["inputs"]:
+        _retry_locked(client.log_inputs)(run_id, datasets=[
+            DatasetInput(Dataset(name=i["name"], digest=i["digest"], source_type=i["source_type"],
+                                 source=i["source"]), tags=[InputTag("mlflow.data.context", i["context"])])
+            for i in record["inputs"]])
+    status = "KILLED" if record["status"] == "RUNNING" else record["status"]  # no driver runs it here
+    _retry_locked(client.set_terminated)(run_id, status=status, end_time=record["end_time"])
+    return run_id
+
+
+def _import_parent(target: _Target, sweep: str, exported: list[dict[str, Any]], trials: int) -> str:
+    """The sweep's parent run in the target: the one it has, else the exported one made again, else a new one."""
+    from .sweep_run import find_parents, new_finished_parent
+
+    have = find_parents(target.client, target.experiment_id, sweep)
+    if have:
+        return have[0].info.run_id
+    if exported:
+        return _recreate(target, exported[0], dict(exported[0]["tags"]))
+    return new_finished_parent(target.client, target.experiment_id, sweep, trials)
+
+
+def import_runs(path: str | os.PathLike, uri: str, experiment: str, sweep: str,
+                names: dict[str, str] | None = None) -> ImportResult:
+    """Recreate the exported runs of ``sweep`` in ``experiment`` at ``uri``, nested under the sweep's parent
+    run; skip trials already FINISHED there. ``names``: trial id -> run name, for runs exported under their
+    trial id (before runs were named by what they are) and for the sweep's runs there not yet nested."""
+    from .runs import trial_runs, trial_state
+    from .sweep_run import PARENT_TAG, adopt, summarize, trial_counts
+    from .tracking import analyze_sqlite
 
     records = read_records(path)
     others = sorted({r["tags"].get("sweep") for r in records} - {sweep})
     if others:
         raise ConfigError(f"{path} holds runs of sweep {others[0]!r}, not {sweep!r}: import it with that "
                           "sweep's file, or export the right sweep.")
+    names = names or {}
     client = make_client(uri)
-    experiment_id = get_or_create_experiment(client, experiment, uri)
-    done = {trial_id for trial_id, runs in trial_runs(client, experiment_id, sweep).items()
-            if trial_state(runs)[0] == "finished"}
+    target = _Target(client, get_or_create_experiment(client, experiment, uri), str(path))
+    trials = [r for r in records if r.get("kind") != PARENT_KIND]
+    parent_id = _import_parent(target, sweep, [r for r in records if r.get("kind") == PARENT_KIND],
+                               len(names) or len(trials))
+    existing = trial_runs(client, target.experiment_id, sweep)
+    adopt(client, parent_id, (run for mine in existing.values() for run in mine), names)
+    done = {trial_id for trial_id, runs in existing.items() if trial_state(runs)[0] == "finished"}
     imported = skipped = 0
-    for record in records:
+    for record in trials:
         if record["trial_id"] in done:
             skipped += 1
             continue
-        tags = {**record["tags"], "robustsweep.imported_from": str(path)}
-        run = _retry_locked(client.create_run)(experiment_id, start_time=record["start_time"], tags=tags,
-                                               run_name=record["run_name"])
-        run_id = run.info.run_id
-        params = [Param(k, v) for k, v in record["params"].items()]
-        metrics = [Metric(k, value, timestamp, step) for k, points in record["metrics"].items()
-                   for step, value, timestamp in points]
-        for start in range(0, len(params), 100):
-            _retry_locked(client.log_batch)(run_id, params=params[start:start + 100])
-        for start in range(0, len(metrics), 1000):
-            _retry_locked(client.log_batch)(run_id, metrics=metrics[start:start + 1000])
-        if record["inputs"]:
-            _retry_locked(client.log_inputs)(run_id, datasets=[
-                DatasetInput(Dataset(name=i["name"], digest=i["digest"], source_type=i["source_type"],
-                                     source=i["source"]), tags=[InputTag("mlflow.data.context", i["context"])])
-                for i in record["inputs"]])
-        _retry_locked(client.log_batch)(run_id, tags=[RunTag("mlflow.runName", record["run_name"])])
-        _retry_locked(client.set_terminated)(run_id, status=record["status"], end_time=record["end_time"])
+        if record["run_name"] == record["trial_id"] and record["trial_id"] in names:
+            record = {**record, "run_name": names[record["trial_id"]]}
+        _recreate(target, record, {**record["tags"], PARENT_TAG: parent_id})
         done.add(record["trial_id"])
         imported += 1
-    return ImportResult(imported, skipped, experiment_id)
+    if imported:
+        analyze_sqlite(uri)  # fresh statistics for the query planner (see tracking.analyze_sqlite)
+    if names:
+        summarize(client, parent_id, trial_counts(names, trial_runs(client, target.experiment_id, sweep)), len(names))
+    return ImportResult(imported, skipped, target.experiment_id)

@@ -12,7 +12,7 @@ import sys
 import textwrap
 from typing import Callable, Sequence
 
-from .errors import UserError
+from .errors import SweepInterrupted, UserError
 from .preflight import MAX_TRIALS
 
 
@@ -26,13 +26,19 @@ def _seed_list(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def _overrides(args: argparse.Namespace):
+    """The command line's changes to a sweep file (the sweep_flags group)."""
+    from .sweep import SweepOverrides
+
+    return SweepOverrides(local=args.local, settings=tuple(args.set_), only=tuple(args.only), seeds=args.seeds,
+                          cpu=args.cpu, gpu=args.gpu, name=args.name, grid=tuple(args.grid))
+
+
 def _load_sweep(args: argparse.Namespace):
     """The sweep file with the command line's changes applied."""
-    from .sweep import SweepOverrides, load_sweep
+    from .sweep import load_sweep
 
-    overrides = SweepOverrides(local=args.local, settings=tuple(args.set_), only=tuple(args.only), seeds=args.seeds,
-                               cpu=args.cpu, gpu=args.gpu, name=args.name)
-    return load_sweep(args.sweep, max_trials=args.max_trials, overrides=overrides)
+    return load_sweep(args.sweep, max_trials=args.max_trials, overrides=_overrides(args))
 
 
 def _print_table(rows: Sequence[tuple[str, str]], title: str | None = None) -> None:
@@ -97,6 +103,10 @@ def _cell(value) -> str:
 
 
 def _print_flags(spec) -> None:
+    for note in spec.notes:
+        print(f"robustsweep: {note}")
+    for warning in spec.warnings():  # on stdout: stderr is for the one paragraph of an error
+        print(f"robustsweep: warning: {warning}", flush=True)
     if spec.flags:
         print(f"command-line changes: {spec.flags} (recorded on every run as tag sweep_flags; `resume "
               f"{spec.name}` and `status {spec.name}` use them)")
@@ -105,11 +115,14 @@ def _print_flags(spec) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load_sweep(args)
     _print_flags(spec)
-    seeds = sorted({seed for group in spec.groups for seed in group.seeds})
-    print(f"{args.sweep}: sweep {spec.name!r} is valid: {len(spec.trials)} trials "
+    seeds = sorted({seed for group in spec.groups for seed in group.seeds} |
+                   ({spec.search.seed} if spec.search is not None else set()))
+    count = len(spec.trials) + (spec.search.num_samples if spec.search is not None else 0)
+    print(f"{args.sweep}: sweep {spec.name!r} is valid: {count} trials{' (sampled)' if spec.search else ''} "
           f"(seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}), MLflow {spec.tracking_uri} "
           f"[{spec.experiment}], storage {spec.storage_path}")
-    _print_table([(name, f"{count:>5} trials   {axes}") for name, count, axes in spec.summary()], "groups:")
+    _print_table([(name, f"{n:>5} trials   {axes}") for name, n, axes in spec.summary()],
+                 "search:" if spec.search is not None else "groups:")
     return 0
 
 
@@ -118,8 +131,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     spec = _load_sweep(args)
     _print_flags(spec)
-    print(f"sweep {spec.name}: {len(spec.trials)} trials -> MLflow {spec.tracking_uri} [{spec.experiment}]",
-          flush=True)
+    count = (f"a search of {spec.search.num_samples} trials" if spec.search is not None
+             else f"{len(spec.trials)} trials")
+    print(f"sweep {spec.name}: {count} -> MLflow {spec.tracking_uri} [{spec.experiment}]", flush=True)
     if args.debug:
         result = run_debug(spec, log=lambda m: print(m, flush=True))
     else:
@@ -136,23 +150,29 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .launch import status
-    from .tracking import runs_page
+    from .runs import status
+    from .tracking import run_page, runs_page
 
     st = status(args.name, args.storage_path)
     driver = {"live": "its driver is running on this machine", "gone": "no driver is running"}
     print(f"sweep {st.name}: {st.total} trials; {driver.get(st.driver, f'its driver runs {st.driver}')}")
     notes = {"interrupted": "(no live Ray trial: its driver is gone; continue with "
                             f"`robustsweep resume {st.name}`)",
-             "collapsed": "(clean accuracy near chance: left out of ratios and correlations)"}
+             "collapsed": "(clean accuracy near chance: left out of ratios and correlations)",
+             "pruned": "(stopped early by the search's scheduler, ASHA: done, kept out of the statistics)"}
     _print_table([(k, f"{v}  {notes[k]}" if v and k in notes else str(v)) for k, v in st.counts.items()])
-    if st.tracking_uri.startswith(("http://", "https://")):
-        where = runs_page(st.experiment_id, st.tracking_uri) if st.experiment_id else st.tracking_uri
+    print(f"progress: {st.progress}")
+    server = st.tracking_uri if st.tracking_uri.startswith(("http://", "https://")) else None
+    if server:
+        where = runs_page(st.experiment_id, server) if st.experiment_id else server
         print(f"MLflow: experiment {st.experiment!r}, runs at {where}")
     else:
         page = f", then {runs_page(st.experiment_id)}" if st.experiment_id else ""
         print(f"MLflow: {st.tracking_uri} experiment {st.experiment!r} "
               f"(mlflow ui --backend-store-uri {st.tracking_uri}{page})")
+    if st.parent_id:
+        page = run_page(st.experiment_id, st.parent_id, *([server] if server else []))
+        print(f"MLflow: the sweep's run, its trials nested under it: {page}")
     print(f"Ray experiment state and checkpoints: {st.experiment_dir}")
     for trial_id, error in st.failures:
         print(f"  failed {trial_id}: {error.splitlines()[0] if error else ''}")
@@ -162,35 +182,33 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import make_report
 
-    report = make_report(args.sweep, args.out, tracking_uri=args.tracking_uri, storage_path=args.storage_path)
+    report = make_report(args.sweep, args.out, tracking_uri=args.tracking_uri, storage_path=args.storage_path,
+                         compare=args.compare, compare_tracking_uri=args.compare_tracking_uri)
     runs = report.runs
     print(f"report for sweep {runs.name}: {len(runs.table)} finished runs, {len(report.figures)} figures")
     for problem in runs.problems:
         print(f"  {problem['kind']}: {problem['trial_id']}: {problem['reason'].splitlines()[0] if problem['reason'] else ''}",
               file=sys.stderr if problem["kind"] == "missing metrics" else sys.stdout)
     print(f"open {report.index.resolve()}")
-    if args.log_to_mlflow:
-        from .tracking import TrialRun
+    from .saved_sweep import resolve_sweep
+    from .sweep_run import attach_report, sweep_links
 
-        run = TrialRun(runs.tracking_uri, runs.experiment, run_name=f"report-{runs.name}",
-                       tags={"sweep_report": runs.name, "kind": "report"})
-        for path in sorted(report.out.iterdir()):
-            if path.is_file():
-                run.log_artifact(path, "report")
-        run.finish()
-        # The experiment's description (shown above its runs in the UI) points at the report.
-        run.client.set_experiment_tag(run.experiment_id, "mlflow.note.content",
-                                      f"Sweep {runs.name}: the report (tables, figures, index.html) is in "
-                                      f"run {run.run_id} (`report-{runs.name}`), under its artifacts' report/.")
-        print(f"logged to MLflow run {run.run_id} (artifacts under report/)")
+    for sweep in args.sweep:
+        name, uri, experiment, trials = resolve_sweep(sweep, args.tracking_uri, args.storage_path)
+        if args.log_to_mlflow:
+            parent_id, page = attach_report(uri, experiment, name, report.out, len(trials))
+            print(f"logged to the MLflow run of sweep {name}, {parent_id} (artifacts under report/): {page}")
+        for line in sweep_links(uri, experiment, name):
+            print(line)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .archive import export_runs
-    from .launch import resolve_sweep
+    from .saved_sweep import resolve_sweep
 
-    name, uri, experiment, trials = resolve_sweep(args.sweep, args.tracking_uri, args.storage_path)
+    name, uri, experiment, trials = resolve_sweep(args.sweep, args.tracking_uri, args.storage_path,
+                                                  _overrides(args))
     count = export_runs(uri, experiment, name, args.out)
     print(f"exported {count} finished runs of sweep {name} ({len(trials)} trials) from {uri} to {args.out}")
     return 0
@@ -198,20 +216,33 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from .archive import import_runs
-    from .launch import resolve_sweep
+    from .saved_sweep import resolve_storage
+    from .preflight import check_storage
+    from .storage import driver_record
 
-    name, uri, experiment, trials = resolve_sweep(args.sweep, args.tracking_uri, args.storage_path)
-    result = import_runs(args.runs, uri, experiment, name)
+    from .saved_sweep import resolve
+
+    resolved = resolve(args.sweep, args.tracking_uri, args.storage_path, _overrides(args))
+    name, uri, experiment, trials = resolved.name, resolved.tracking_uri, resolved.experiment, resolved.trials
+    storage = resolve_storage(args.sweep, args.storage_path, _overrides(args))
+    check_storage(storage)
+    # A launch or resume running meanwhile would not see the imported runs: one driver at a time.
+    with driver_record(storage, name, "import", log=lambda m: print(m, file=sys.stderr)):
+        result = import_runs(args.runs, uri, experiment, name, names={t.trial_id: t.run_name for t in trials})
+    if resolved.search is not None:
+        rest = (f"`robustsweep launch` now tells the searcher what finished and samples only the rest of its "
+                f"{resolved.search.num_samples} trials.")
+    else:
+        rest = f"`robustsweep launch` now runs only the other {len(trials) - result.imported - result.skipped} trials."
     print(f"imported {result.imported} runs of sweep {name} into {uri} [{experiment}]; {result.skipped} skipped "
-          f"(their trials already have a FINISHED run there). `robustsweep launch` now runs only the other "
-          f"{len(trials) - result.imported - result.skipped} trials.")
+          f"(their trials already have a FINISHED run there). {rest}")
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import audit
 
-    result = audit(args.sweep, args.tracking_uri, args.storage_path)
+    result = audit(args.sweep, args.tracking_uri, args.storage_path, _overrides(args))
     for line in result.lines():
         print(line)
     ok = result.ok(complete=args.complete)
@@ -222,12 +253,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_options(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .config import TrialConfig
+    from . import measurements, plugins
+    from .config import FIELDS
+    from .plugin_settings import all_declared
 
-    for f in dataclasses.fields(TrialConfig):
+    for f in FIELDS.values():
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         print(f"{f.name} (default {default!r})")
         print(textwrap.indent(textwrap.fill(f.metadata.get("help", ""), 76), "    "))
+    print("\nmeasurements: attacks " + ", ".join(measurements.names("attack")) + "; curvature "
+          + ", ".join(measurements.names("curvature")))
+    for kind in ("variant", "dataset", "model", "measurement"):
+        for name in plugins.names(kind):
+            print(f"plugin {kind} {name!r}: {plugins.entries(kind)[name].value}")
+    for key, (setting, owner) in sorted(all_declared().items()):
+        print(f"{key} (default {setting.default!r}; setting of plugin {owner})")
+        print(textwrap.indent(textwrap.fill(setting.help, 76), "    "))
     return 0
 
 
@@ -258,11 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="force a trial setting on every trial, e.g. --set epochs=5 (repeatable)")
         g.add_argument("--only", action="append", default=[], metavar="GROUP",
                        help="run only the groups matching this glob, e.g. --only 'mnist-*' (repeatable)")
+        g.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="keep only these values of a grid axis, e.g. --grid batch_size=128,256: the same trials, "
+                            "with the same ids, as in the whole sweep (repeatable)")
         g.add_argument("--seeds", type=_seed_list, default=None, metavar="0,1,2", help="seeds for every group")
         g.add_argument("--cpu", type=float, default=None, help="CPUs per trial")
         g.add_argument("--gpu", type=float, default=None, help="GPUs per trial (a fraction shares one)")
         g.add_argument("--name", default=None,
-                       help="the sweep's name (default: the file's, plus a digest of --set/--only/--seeds)")
+                       help="the sweep's name (default: the file's, plus a digest of --set/--only/--grid/--seeds)")
 
     validate = sub.add_parser("validate", help="check a sweep file and summarize its trials; runs nothing")
     validate.add_argument("sweep", help="sweep YAML file, e.g. sweeps/table1.yaml")
@@ -301,24 +345,35 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--storage-path", default=None, help="where a sweep given by name was launched")
 
     report = sub.add_parser("report", help="the study's tables and figures from a sweep's MLflow runs")
-    sweep_source(report)
+    report.add_argument("sweep", nargs="+", help="sweep YAML file(s), or launched sweeps' names: several sweeps of "
+                                                 "one grid (a run and seeds added later) report as one")
+    report.add_argument("--tracking-uri", default=None, help="MLflow store to read (default: the sweep's)")
+    report.add_argument("--storage-path", default=None, help="where a sweep given by name was launched")
+    report.add_argument("--compare", action="append", default=[], metavar="SWEEP",
+                        help="another sweep of the same grid (e.g. at another scale): its claims' verdicts are set "
+                             "beside these in a Scale section (repeat to read several sweeps as one)")
+    report.add_argument("--compare-tracking-uri", default=None, help="the store of the --compare sweeps "
+                                                                     "(default: theirs)")
     report.add_argument("--out", default="report", help="output folder (default ./report)")
     report.add_argument("--log-to-mlflow", action="store_true",
-                        help="also attach the report to a summary run in the sweep's experiment")
+                        help="also attach the report to the sweep's own MLflow run (its trials' parent)")
     report.set_defaults(func=cmd_report)
 
     export = sub.add_parser("export", help="write a sweep's finished MLflow runs to a JSON-lines file to commit")
     sweep_source(export)
+    sweep_flags(export)
     export.add_argument("--out", required=True, help="file to write, e.g. results/<sweep>/runs.jsonl")
     export.set_defaults(func=cmd_export)
 
     imp = sub.add_parser("import", help="recreate exported runs in a sweep's MLflow store (launch then skips them)")
     imp.add_argument("runs", help="file written by `robustsweep export`")
     sweep_source(imp, "write")
+    sweep_flags(imp)
     imp.set_defaults(func=cmd_import)
 
     audit = sub.add_parser("audit", help="check that every trial has exactly one FINISHED MLflow run")
     sweep_source(audit)
+    sweep_flags(audit)
     audit.add_argument("--complete", action="store_true", help="also fail when some trial has no FINISHED run")
     audit.set_defaults(func=cmd_audit)
 
@@ -344,9 +399,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"robustsweep: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except SweepInterrupted as exc:
+        print(f"robustsweep: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("robustsweep: interrupted", file=sys.stderr)
         return 130
+
+
+class _ClosableStream:
+    """stdout/stderr that go quiet, instead of raising, once the reader has gone (``robustsweep run | head``):
+    a closed pipe must not end a trial, which would be recorded as FAILED. Writes after that are dropped."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._closed = False
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except (BrokenPipeError, ValueError):  # ValueError: the stream object itself was closed
+                self._gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):
+                self._gone()
+
+    def _gone(self) -> None:
+        self._closed = True
+        try:  # the interpreter flushes the real stream at exit: point its descriptor at /dev/null
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def console_main() -> None:
@@ -357,6 +449,7 @@ def console_main() -> None:
     0.85 s down to 0.3 s per process on this project's CPU. Finalizers and atexit handlers still run.
     Tests call :func:`main`, whose process lives on.
     """
+    sys.stdout, sys.stderr = _ClosableStream(sys.stdout), _ClosableStream(sys.stderr)
     code = main()
     import gc
 

@@ -23,6 +23,7 @@ from typing import Any, Literal, Mapping, Optional
 
 import yaml
 
+from . import datasets, measurements, models, plugin_settings, plugins
 from .errors import ConfigError
 
 class _Loader(yaml.SafeLoader):
@@ -67,9 +68,14 @@ STUDY_BASE_LR = 0.01
 DEFAULT_NOISE_STD = 1.0
 #: The optimizer variants, one module each in robustsweep.variants (named here so that checking a
 #: config does not import torch; variants/__init__.py refuses to load if the two disagree).
-VARIANT_NAMES = ("sgd", "svrg", "sgdnoise", "sgdselective", "adam", "adamw")
-#: The model each dataset is trained with in the study.
-MODEL_FOR_DATASET = {"mnist": "m1", "cifar10": "vgg11"}
+VARIANT_NAMES = ("sgd", "svrg", "sgdnoise", "sgdselective", "adam", "adamw", "sam", "asam")
+#: sam_rho when none is given, per variant. sam: 0.05, the radius Foret et al. (ICLR 2021) use most
+#: (and davda54/sam's PyTorch default). asam: 0.5, Kwon et al.'s CIFAR setting (ICML 2021; their
+#: SamsungLabs/ASAM code's default, and the author's note in davda54/sam#37 that all their CIFAR-10 runs
+#: used 0.5 with that code, which leaves biases unnormalized).
+DEFAULT_SAM_RHO = {"sam": 0.05, "asam": 0.5}
+#: asam's eta in T_w = |w| + eta: the default of Kwon et al.'s ASAM class (SamsungLabs/ASAM asam.py).
+DEFAULT_ASAM_ETA = 0.01
 DATA_ROOT_ENV = "ROBUSTSWEEP_DATA_ROOT"
 #: Evaluation batch sizes when eval_batch_size is None: the fastest for M1 in bench/side_by_side.py
 #: on each device (accuracies and the eigenvalue do not depend on it).
@@ -91,7 +97,8 @@ class TrialConfig:
     """Every setting of one trial: data, model, optimizer variant, evaluation, tracking."""
 
     # ---- data -------------------------------------------------------------
-    dataset: Literal["mnist", "cifar10"] = _opt("mnist", "Dataset: mnist or cifar10.")
+    dataset: str = _opt("mnist", "Dataset: mnist or cifar10 (the study's), or an installed plugin's "
+                                 "(robustsweep.datasets).")
     data_root: str = field(
         default_factory=default_data_root,
         metadata={"help": f"Folder holding the torchvision dataset files (env {DATA_ROOT_ENV}; default ./data)."},
@@ -109,10 +116,11 @@ class TrialConfig:
     )
 
     # ---- model ------------------------------------------------------------
-    model: Optional[Literal["m1", "vgg11"]] = _opt(None, "Model (None = m1 for mnist, vgg11 for cifar10, as in the study).")
+    model: Optional[str] = _opt(None, "Model: m1, vgg11 or an installed plugin's (None = the dataset's: m1 for "
+                                      "mnist, vgg11 for cifar10, as in the study).")
 
     # ---- optimizer --------------------------------------------------------
-    variant: str = _opt("sgd", "Optimizer variant: sgd, svrg, sgdnoise, sgdselective, adam, adamw.")
+    variant: str = _opt("sgd", "Optimizer variant: sgd, svrg, sgdnoise, sgdselective, adam, adamw, sam, asam.")
     lr: Optional[float] = _opt(None, "Learning rate (None = 0.01, the study's base constant rate, unless lr_batch_ratio is set).")
     lr_batch_ratio: Optional[float] = _opt(
         None, "Constant learning-rate-to-batch-size ratio: lr = ratio * batch_size (study: 0.005/32 for the SGD family)."
@@ -132,6 +140,10 @@ class TrialConfig:
     )
     batch_size: int = _opt(128, "Minibatch size.")
     epochs: Optional[int] = _opt(None, "Training epochs (None = 30 for mnist, 90 for cifar10; see sweeps/table1.yaml).")
+    stop_train_acc: Optional[float] = _opt(
+        None, "Stop training at the end of the first epoch whose training accuracy (over that epoch) reaches this "
+              "fraction; epochs is then the cap (None = train all epochs). The epoch it stopped at is logged as "
+              "stopped_epoch.")
     seed: int = _opt(0, "Seed for weights, data order, augmentation, noise, attacks and the Hessian sample.")
     device: str = _opt("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
 
@@ -151,15 +163,30 @@ class TrialConfig:
     sb_beta: float = _opt(3.0, "sgdselective: selectivity exponent beta in P = CDF(loss)^beta (Jiang et al. study 1, "
                                "2 and 3; 3 is their reference code's default).")
     sb_history: int = _opt(1024, "sgdselective: R, number of recent losses the CDF is taken over (reference code: 1024).")
+    # None resolves per variant: 0.05 for sam (Foret et al. 2021), 0.5 for asam (Kwon et al. 2021, CIFAR).
+    sam_rho: Optional[float] = _opt(
+        None, "sam, asam: radius rho of the weight perturbation (None = the variant's paper default: 0.05 for "
+              "sam, Foret et al. 2021; 0.5 for asam, Kwon et al. 2021's CIFAR setting; see variants/sam.py).")
+    # Kwon et al.'s ASAM class default (SamsungLabs/ASAM).
+    asam_eta: float = _opt(DEFAULT_ASAM_ETA, "asam: eta in the element-wise operator T_w = |w| + eta, which keeps "
+                                             "zero weights perturbable (Kwon et al.'s code: 0.01).")
 
     # ---- evaluation -------------------------------------------------------
     eps: Optional[tuple[float, ...]] = _opt(
         None, "Attack radii in [0, 1] pixel units (None = study defaults: 0.03, 0.15 for mnist; 0.02 for cifar10)."
     )
+    attacks: tuple[str, ...] = _opt(
+        ("fgsm", "pgd"), "Attacks measured at every eps: fgsm, pgd (the study's) and autoattack (APGD-CE + APGD-T, "
+                         "see robustsweep/attacks.py).")
     # The study does not give PGD's steps; 20 steps of 2.5*eps/steps is Madry et al. (2018)'s rule.
     pgd_steps: int = _opt(20, "PGD iterations.")
     pgd_step_size: Optional[float] = _opt(None, "PGD step size (None = 2.5 * eps / pgd_steps, Madry et al. 2018).")
     attack_subset: int = _opt(0, "Attack the first N test examples only (0 = the whole test set).")
+    # AutoAttack "standard"'s settings (Croce & Hein 2020): 100 iterations, 9 target classes.
+    autoattack_subset: int = _opt(0, "AutoAttack on the first N of the attacked examples only (0 = all of them).")
+    autoattack_steps: int = _opt(100, "AutoAttack: iterations of each APGD run (reference AutoAttack: 100).")
+    autoattack_targets: int = _opt(9, "AutoAttack: target classes of APGD-T, the most likely wrong ones first "
+                                      "(reference AutoAttack: 9, all wrong classes of a 10-class problem).")
     eval_batch_size: Optional[int] = _opt(
         None, "Examples per batch for test accuracy, attacks and the Hessian's retained graphs (None = per device: "
               f"{EVAL_BATCH_CPU} on a CPU, {EVAL_BATCH_CUDA} on a GPU, the fastest measured in bench/; results "
@@ -174,6 +201,13 @@ class TrialConfig:
     hessian_iters: int = _opt(100, "Maximum Hessian-vector products for the top eigenvalue (PyHessian's maxIter).")
     hessian_tol: float = _opt(1e-3, "Lanczos: bound on the eigenvalue's relative error (its residual); power: "
                                     "relative change between iterations (PyHessian's tol).")
+    curvature: tuple[str, ...] = _opt(
+        ("top_eig",), "Curvature measurements on the Hessian sample: top_eig (the study's), top_k (the "
+                      "hessian_top_k largest eigenvalues, one Lanczos run) and trace (Hutchinson, with its "
+                      "standard error).")
+    hessian_top_k: int = _opt(5, "top_k: how many of the largest Hessian eigenvalues.")
+    # PyHessian's trace() draws at most 100 Rademacher probes.
+    hessian_trace_probes: int = _opt(100, "trace: Rademacher probes of Hutchinson's estimator (PyHessian: 100).")
     cuda_fast_math: bool = _opt(False, "GPU only: TensorFloat-32 matmuls and convolutions and cuDNN's benchmark "
                                        "mode (faster, but the low bits of results change; see bench/).")
     channels_last: Optional[bool] = _opt(
@@ -185,6 +219,11 @@ class TrialConfig:
     # ---- tracking ---------------------------------------------------------
     mlflow_tracking_uri: str = _opt("sqlite:///mlflow.db", "MLflow tracking URI (SQLite file, or http://host:port).")
     mlflow_experiment: str = _opt("robustsweep", "MLflow experiment name.")
+
+    # ---- plugins ----------------------------------------------------------
+    #: The settings plugins declare (robustsweep.plugin_settings), as sorted (name, value) pairs. Given and
+    #: logged as top-level settings (``to_dict`` flattens them); not a setting of its own.
+    plugin_settings: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
 
     # ---- testing ----------------------------------------------------------
     fail_at_epoch: int = _opt(
@@ -202,30 +241,46 @@ class TrialConfig:
             return self.eval_batch_size
         return EVAL_BATCH_CUDA if device_type == "cuda" else EVAL_BATCH_CPU
 
+    def setting(self, name: str) -> Any:
+        """A plugin's setting (``config.setting("my_alpha")``), its declared default when not given."""
+        given = dict(self.plugin_settings)
+        if name in given:
+            return given[name]
+        defaults = plugin_settings.defaults_for(self.variant, self.attacks + self.curvature)
+        if name not in defaults:
+            raise KeyError(f"{name!r} is not a setting of variant {self.variant!r} or of this trial's measurements")
+        return defaults[name]
+
     def resolved(self) -> "TrialConfig":
-        """Fill every dataset-dependent default with the study's value and validate the whole."""
-        cifar = self.dataset == "cifar10"
+        """Fill every dataset-dependent default with the dataset's (the study's) value and validate the whole."""
+        self.validate()  # an unknown dataset is one paragraph, before its defaults are looked up
+        spec = datasets.get(self.dataset)
         changes: dict[str, Any] = {}
+        defaults = plugin_settings.defaults_for(self.variant, self.attacks + self.curvature)
+        if defaults:  # a plugin's settings are logged (and so shown) with their defaults filled in
+            changes["plugin_settings"] = tuple(sorted({**defaults, **dict(self.plugin_settings)}.items()))
         if self.model is None:
-            changes["model"] = MODEL_FOR_DATASET[self.dataset]
+            changes["model"] = spec.default_model
         if self.augment_crop is None:
-            changes["augment_crop"] = 4 if cifar else 0  # study: 4-pixel padded crops on CIFAR-10 only
+            changes["augment_crop"] = spec.augment_crop
         if self.epochs is None:
-            changes["epochs"] = 90 if cifar else 30  # see sweeps/table1.yaml for why
+            changes["epochs"] = spec.epochs
         if self.eps is None:
-            changes["eps"] = (0.02,) if cifar else (0.03, 0.15)  # study's eps per dataset
+            changes["eps"] = spec.eps
         if self.lr is None and self.lr_batch_ratio is None:
             changes["lr"] = STUDY_BASE_LR
         if self.schedule == "step":
             if self.lr_milestones is None and self.lr_step_every is None:
-                if cifar:
-                    changes["lr_milestones"] = (60,)  # study: x0.1 at epoch 60
+                if spec.step_milestones is not None:
+                    changes["lr_milestones"] = spec.step_milestones
                 else:
-                    changes["lr_step_every"] = 10  # study: halve every 10 epochs
+                    changes["lr_step_every"] = spec.step_every
             if self.lr_gamma is None:
-                changes["lr_gamma"] = 0.1 if cifar else 0.5
+                changes["lr_gamma"] = spec.step_gamma
         if self.variant == "sgdnoise" and self.noise_std is None and self.noise_ref_batch is None:
             changes["noise_std"] = DEFAULT_NOISE_STD
+        if self.variant in DEFAULT_SAM_RHO and self.sam_rho is None:
+            changes["sam_rho"] = DEFAULT_SAM_RHO[self.variant]
         out = dataclasses.replace(self, **changes)
         out.validate()
         return out
@@ -243,10 +298,19 @@ class TrialConfig:
             return ConfigError(f"Invalid trial setting {key}={value!r}: {allowed}.")
 
         if self.variant not in VARIANT_NAMES:
-            raise bad("variant", self.variant, "allowed variants are " + ", ".join(sorted(VARIANT_NAMES)))
-        if self.model is not None and MODEL_FOR_DATASET[self.dataset] != self.model:
-            raise bad("model", self.model,
-                      f"dataset {self.dataset} is trained with model {MODEL_FOR_DATASET[self.dataset]}")
+            plugins.check_no_clash("variant", set(VARIANT_NAMES))
+            if self.variant not in plugins.entries("variant"):
+                raise bad("variant", self.variant, "allowed variants are "
+                          + ", ".join(sorted(VARIANT_NAMES) + plugins.names("variant")))
+        if self.dataset not in datasets.BUILTIN and self.dataset not in datasets.names():
+            raise bad("dataset", self.dataset, "allowed datasets are " + ", ".join(datasets.names()))
+        if self.model is not None and self.model not in models.BUILTIN and self.model not in models.names():
+            raise bad("model", self.model, "allowed models are " + ", ".join(models.names()))
+        builtin_pair = self.dataset in datasets.BUILTIN and self.model in models.BUILTIN
+        if builtin_pair and datasets.get(self.dataset).default_model != self.model:
+            # the built-in models fit one dataset's images each; a plugin's shape is checked when it is built
+            raise bad("model", self.model, f"dataset {self.dataset} is trained with model "
+                                           f"{datasets.get(self.dataset).default_model}")
         if self.lr is not None and self.lr_batch_ratio is not None:
             raise ConfigError(
                 f"Trial settings lr={self.lr} and lr_batch_ratio={self.lr_batch_ratio} are both set: "
@@ -258,14 +322,17 @@ class TrialConfig:
                     "hessian_tol": self.hessian_tol, "svrg_snapshot_every": self.svrg_snapshot_every,
                     "sb_beta": self.sb_beta, "sb_history": self.sb_history, "lr_gamma": self.lr_gamma,
                     "lr_step_every": self.lr_step_every, "noise_ref_batch": self.noise_ref_batch,
-                    "pgd_step_size": self.pgd_step_size}
+                    "pgd_step_size": self.pgd_step_size, "autoattack_steps": self.autoattack_steps,
+                    "autoattack_targets": self.autoattack_targets, "hessian_top_k": self.hessian_top_k,
+                    "hessian_trace_probes": self.hessian_trace_probes, "sam_rho": self.sam_rho}
         for key, value in positive.items():
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise bad(key, value, "must be a finite number > 0")
         non_negative = {"subset": self.subset, "test_subset": self.test_subset, "attack_subset": self.attack_subset,
                         "momentum": self.momentum, "weight_decay": self.weight_decay,
                         "augment_crop": self.augment_crop, "svrg_snapshot_batch": self.svrg_snapshot_batch,
-                        "noise_std": self.noise_std, "fail_at_epoch": self.fail_at_epoch}
+                        "noise_std": self.noise_std, "fail_at_epoch": self.fail_at_epoch,
+                        "autoattack_subset": self.autoattack_subset, "asam_eta": self.asam_eta}
         for key, value in non_negative.items():
             if value is not None and not (value >= 0 and math.isfinite(value)):
                 raise bad(key, value, "must be a finite number >= 0")
@@ -273,6 +340,21 @@ class TrialConfig:
             raise bad("momentum", self.momentum, "must be in [0, 1)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise bad("betas", list(self.betas), "must be two numbers in [0, 1)")
+        for key, chosen, kind in (("attacks", self.attacks, "attack"), ("curvature", self.curvature, "curvature")):
+            builtin = [name for name, cls in measurements.BUILTIN.items() if cls.kind == kind]
+            if all(c in builtin for c in chosen) and len(set(chosen)) == len(chosen):
+                continue
+            allowed = measurements.names(kind)  # the installed plugins too (imported to learn their kind)
+            if any(c not in allowed for c in chosen) or len(set(chosen)) != len(chosen):
+                raise bad(key, list(chosen), f"must be a list of distinct {kind} measurements from "
+                                             + ", ".join(allowed))
+        if self.autoattack_targets > 9:
+            raise bad("autoattack_targets", self.autoattack_targets,
+                      "must be at most 9 (the wrong classes of a 10-class dataset)")
+        if self.hessian_trace_probes < 2:
+            raise bad("hessian_trace_probes", self.hessian_trace_probes, "must be >= 2 (for a standard error)")
+        if self.stop_train_acc is not None and not 0 < self.stop_train_acc <= 1:
+            raise bad("stop_train_acc", self.stop_train_acc, "must be a training accuracy in (0, 1]")
         if self.eps is not None:
             if not self.eps or not all(0 <= e <= 1 for e in self.eps):
                 raise bad("eps", list(self.eps), "must be a non-empty list of radii in [0, 1] (pixels are in [0, 1])")
@@ -294,15 +376,33 @@ class TrialConfig:
             raise bad("mlflow_experiment", self.mlflow_experiment, "must be a non-empty name")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain YAML/JSON-friendly values (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Plain YAML/JSON-friendly values (tuples become lists), plugins' settings among the built-in ones."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "plugin_settings"}
+        values.update(self.plugin_settings)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 # ---------------------------------------------------------------------------
 # loading and type checking
 
-FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
+#: The built-in settings (plugin_settings holds the plugins' and is no setting itself).
+FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig) if f.name != "plugin_settings"}
 _HINTS = typing.get_type_hints(TrialConfig)
+
+
+def _annotation(key: str) -> Any:
+    """The type of setting ``key``: a built-in's, or the one a plugin declares."""
+    if key in _HINTS and key != "plugin_settings":
+        return _HINTS[key]
+    declared = plugin_settings.lookup(key)
+    if declared is None:
+        raise ConfigError(f"Unknown trial setting {key!r}. Run `robustsweep options` to list every setting.")
+    return declared.type
+
+
+def is_setting(key: Any) -> bool:
+    """Whether ``key`` names a built-in setting or one an installed plugin declares."""
+    return key in FIELDS or (isinstance(key, str) and plugin_settings.lookup(key) is not None)
 
 
 def _type_name(annotation: Any) -> str:
@@ -319,12 +419,13 @@ def _type_name(annotation: Any) -> str:
 
 def coerce(key: str, value: Any, annotation: Any = None) -> Any:
     """Check ``value`` against the type of setting ``key``; return it in canonical form."""
-    annotation = _HINTS[key] if annotation is None else annotation
+    top = _annotation(key)
+    annotation = top if annotation is None else annotation
     origin = typing.get_origin(annotation)
 
     def fail() -> ConfigError:
         return ConfigError(
-            f"Invalid trial setting {key}={value!r}: expected {_type_name(_HINTS[key])}."
+            f"Invalid trial setting {key}={value!r}: expected {_type_name(top)}."
         )
 
     if origin in (typing.Union, types.UnionType):
@@ -360,6 +461,18 @@ def coerce(key: str, value: Any, annotation: Any = None) -> Any:
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # a bug, not a user error
 
 
+def coerce_each(key: str, values: list[Any], where, path: str) -> list[Any]:
+    """Each of ``values`` checked and made canonical as setting ``key`` (:func:`coerce`); a bad one is
+    ``where.error`` at ``path[i]`` (the sweep file's place of a grid axis or a search's choice)."""
+    checked = []
+    for i, value in enumerate(values):
+        try:
+            checked.append(coerce(key, value))
+        except ConfigError as exc:
+            raise where.error(f"{path}[{i}]", str(exc)) from None
+    return checked
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """Parse ``key=value`` strings; values are read as YAML (``eps=[0.03,0.15]``, ``lr=0.1``)."""
     parsed: dict[str, Any] = {}
@@ -380,7 +493,7 @@ def check_keys(mapping: Mapping[str, Any], where: str) -> None:
     import difflib
 
     for key in mapping:
-        if key not in FIELDS:
+        if not is_setting(key):
             close = difflib.get_close_matches(str(key), FIELDS, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
@@ -392,8 +505,9 @@ def check_keys(mapping: Mapping[str, Any], where: str) -> None:
 def make_trial_config(values: Mapping[str, Any], where: str = "the trial config") -> TrialConfig:
     """Build a TrialConfig from a mapping of setting -> value, checking names and types."""
     check_keys(values, where)
-    kwargs = {k: coerce(k, v) for k, v in values.items()}
-    config = TrialConfig(**kwargs)
+    kwargs = {k: coerce(k, v) for k, v in values.items() if k in FIELDS}
+    extra = tuple(sorted((k, coerce(k, v)) for k, v in values.items() if k not in FIELDS))
+    config = TrialConfig(**kwargs, plugin_settings=extra)
     config.validate()
     return config
 

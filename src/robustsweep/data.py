@@ -1,16 +1,10 @@
 """Datasets as tensors on the training device, with device-side shuffling and augmentation.
 
-MNIST and CIFAR-10 are read once from ``data_root``, in the layout
-torchvision's dataset classes use (``MNIST/raw/*-ubyte``,
-``cifar-10-batches-py/``), and kept as uint8 tensors on the training device,
+A dataset (robustsweep.datasets: MNIST, CIFAR-10, or a plugin's) is read once
+from ``data_root`` by its declared reader, and kept as uint8 tensors on the training device,
 airbench-style: a minibatch is an index into those tensors, converted to
 float in [0, 1] on the device, flipped and cropped there with tensor
 operations. No DataLoader, no worker processes, no per-sample CPU transforms.
-
-MNIST's IDX files are read here directly: importing torchvision costs more
-than a second per process (it pulls in torch._dynamo), as much as reading
-the files many times over. torchvision is imported only to download MNIST
-and to read CIFAR-10.
 
 Random numbers for the data order and augmentation come from one CPU
 ``torch.Generator`` (tiny tensors, moved to the device), so the same seed
@@ -25,40 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 
+from . import datasets
 from .errors import DataError
 
-#: Per-channel mean and std of the training split, used by the models' input normalization.
-NORMALIZATION = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-}
-
-#: MNIST's files under <data_root>/MNIST/raw, as torchvision leaves them after a download.
-MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-               False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-
-
-def _cifar10_class(verify_checksums: bool):
-    """torchvision's CIFAR10 reader, with the md5 check optional for self-written CIFAR-format files."""
-    import torchvision
-
-    class CIFAR10(torchvision.datasets.CIFAR10):
-        def _check_integrity(self) -> bool:
-            if verify_checksums:
-                return super()._check_integrity()
-            folder = Path(self.root) / self.base_folder
-            return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
-
-        def _load_meta(self) -> None:
-            if verify_checksums:
-                super()._load_meta()
-            else:
-                self.classes = [str(i) for i in range(10)]
-
-    return CIFAR10
+# MNIST's reader lives with its declaration (datasets/mnist.py); these names stay importable from here.
+from .datasets.mnist import MNIST_FILES, read_idx  # noqa: E402,F401
 
 
 @dataclass
@@ -84,61 +51,24 @@ class Split:
 
 
 def _missing_message(dataset: str, root: Path, why: str) -> str:
-    folder = root / ("MNIST/raw" if dataset == "mnist" else "cifar-10-batches-py")
+    folder = root / datasets.get(dataset).folder
     return (
         f"The {dataset} dataset is not in {folder} ({why}). Point data_root at a folder that holds it "
-        f"(flag --data-root, setting data_root=..., or environment variable ROBUSTSWEEP_DATA_ROOT; "
-        f"offline MNIST is in ../shared/data), or run once with internet access and download=true "
-        f"to fetch it there."
+        f"(flag --data-root, setting data_root=..., or environment variable ROBUSTSWEEP_DATA_ROOT), or run "
+        f"once with internet access and download=true to fetch it there."
     )
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file of unsigned bytes (MNIST's format: a zero word's high bytes, type 0x08, the number
-    of dimensions, each dimension as a big-endian int32, then the values) as an array of that shape."""
-    raw = np.fromfile(path, dtype=np.uint8)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path} is not an IDX file of unsigned bytes (it starts {bytes(raw[:4]).hex() or 'empty'}). "
-                        "It is damaged or not MNIST: delete it and copy or download MNIST again.")
-    ndim = int(raw[3])
-    shape = tuple(int(d) for d in raw[4:4 + 4 * ndim].view(">i4")) if len(raw) >= 4 + 4 * ndim else ()
-    values = raw[4 + 4 * ndim:]
-    if len(shape) != ndim or int(np.prod(shape)) != len(values):
-        raise DataError(f"{path} holds {len(values)} values where its header promises shape {shape}: the file is "
-                        "truncated or damaged. Delete it and copy or download MNIST again.")
-    return values.reshape(shape)
-
-
-def _read_mnist(root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    raw = root / "MNIST" / "raw"
-    paths = [raw / name for name in MNIST_FILES[train]]
-    if download and not all(p.is_file() for p in paths):
-        import torchvision
-
-        torchvision.datasets.MNIST(root=str(root), train=train, download=True)
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"no {', '.join(missing)} there")
-    images, labels = (torch.from_numpy(read_idx(p)) for p in paths)
-    if images.ndim != 3 or labels.shape != images.shape[:1]:
-        raise DataError(f"{paths[0]} and {paths[1]} do not match as MNIST images and labels (shapes "
-                        f"{tuple(images.shape)} and {tuple(labels.shape)}). Delete them and copy or download MNIST again.")
-    return images.unsqueeze(1).contiguous(), labels.long()
 
 
 def load_split(dataset: str, root: str | os.PathLike, train: bool, download: bool = True,
                verify_checksums: bool = True) -> Split:
-    """Read one split into uint8 (N, C, H, W) images and int64 labels on the CPU."""
+    """Read one split into uint8 (N, C, H, W) images and int64 labels on the CPU (robustsweep.datasets)."""
     root = Path(root).expanduser()
     try:
-        if dataset == "mnist":
-            images, labels = _read_mnist(root, train, download)
-        elif dataset == "cifar10":
-            ds = _cifar10_class(verify_checksums)(root=str(root), train=train, download=download)
-            images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-            labels = torch.tensor(ds.targets, dtype=torch.long)
-        else:
-            raise DataError(f"Unknown dataset {dataset!r}: allowed are mnist and cifar10.")
+        spec = datasets.get(dataset)
+    except KeyError:
+        raise DataError(f"Unknown dataset {dataset!r}: allowed are {', '.join(datasets.names())}.") from None
+    try:
+        images, labels = spec.read(root, train, download, verify_checksums)
     except DataError:
         raise
     except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError for missing or offline data

@@ -25,3 +25,17 @@ class DataError(UserError):
 
 class TrackingError(UserError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow server did not answer (refused or timed-out connections) for a trial's whole patience.
+
+    Not a UserError: the server may be back for the next attempt, so Ray retries the trial (and
+    ``resume`` continues it), where a UserError would end it for good.
+    """
+
+
+class SweepInterrupted(Exception):
+    """The driver was told to stop (SIGTERM): Ray Tune saved the sweep's state; the message says how to resume."""
+
+    exit_code = 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended

@@ -1,4 +1,10 @@
-"""Top eigenvalue of the training-loss Hessian: Lanczos on Hessian-vector products, or PyHessian.
+"""Curvature of the training loss: the Hessian's top eigenvalue(s) and trace, from one Hessian-vector product.
+
+:class:`HessianOperator` holds the gradient's retained graph and computes
+Hessian-vector products through it; :func:`hessian_operator` builds one with the
+model prepared (eval mode, gradients cleared, unused parameters frozen) and
+restores the model afterwards. Lanczos (top eigenvalue, top ``k``) and
+Hutchinson's estimator (trace, with its standard error) all run on it.
 
 The Hessian is that of the mean cross-entropy over the given examples, with
 the model in eval mode (BatchNorm uses its running statistics), as PyHessian
@@ -40,7 +46,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .lanczos import top_eigenvalue_lanczos
+from .lanczos import LanczosResult, top_eigenvalues_lanczos
 
 # `pyhessian/__init__` rebinds `pyhessian.hessian` to the class, so fetch the module itself.
 _pyhessian_module = importlib.import_module("pyhessian.hessian")
@@ -79,23 +85,63 @@ def _params_without_gradient(model: nn.Module, inputs: torch.Tensor, targets: to
     return [p for p, g in zip(params, grads) if g is None]
 
 
-def top_eigenvalue_with_iterations(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
-                                   max_iter: int = 100, tol: float = 1e-3, seed: int = 0, method: str = "lanczos",
-                                   chunk_size: int = 0) -> EigenResult:
-    """Like :func:`top_eigenvalue`, also returning the number of Hessian-vector products used."""
-    if method not in HESSIAN_METHODS:
-        raise ValueError(f"unknown Hessian method {method!r}: allowed are {', '.join(HESSIAN_METHODS)}")
+@dataclass(frozen=True)
+class TraceResult:
+    """Hutchinson's estimate of the trace: the mean of v'Hv over Rademacher probes v, and its standard error."""
+
+    trace: float
+    standard_error: float
+    probes: int
+
+
+class HessianOperator:
+    """Hessian-vector products of the mean cross-entropy of ``model`` on (inputs, targets).
+
+    The gradient is built once with ``create_graph=True``, in chunks of
+    ``chunk_size`` examples (sum-reduced and divided by n, so the chunks add
+    up to the mean loss), and every product back-propagates through those
+    retained graphs (Pearlmutter's trick, the product PyHessian computes).
+    Use :func:`hessian_operator`, which prepares the model first.
+    ``products`` counts the calls.
+    """
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, chunk_size: int = 0):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        n = len(targets)
+        chunk_size = chunk_size or n
+        self._grads = []
+        for start in range(0, n, chunk_size):
+            loss = nn.functional.cross_entropy(model(inputs[start:start + chunk_size]),
+                                               targets[start:start + chunk_size], reduction="sum") / n
+            self._grads.append(torch.autograd.grad(loss, self.params, create_graph=True))
+        self._sizes = [p.numel() for p in self.params]
+        self.dim = sum(self._sizes)
+        self.device = inputs.device
+        self.dtype = self.params[0].dtype
+        self.products = 0
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        self.products += 1
+        pieces = [piece.view(p.shape) for piece, p in zip(v.split(self._sizes), self.params)]
+        total = torch.zeros_like(v)
+        for g in self._grads:
+            hv = torch.autograd.grad(g, self.params, grad_outputs=pieces, retain_graph=True, allow_unused=True)
+            total += torch.cat([torch.zeros(p.numel(), device=v.device, dtype=v.dtype) if h is None
+                                else h.reshape(-1) for h, p in zip(hv, self.params)])
+        return total
+
+
+@contextlib.contextmanager
+def _prepared(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Iterator[None]:
+    """Eval mode, no stale gradients, parameters that get no gradient frozen; all restored afterwards."""
     was_training = model.training
-    device = inputs.device
     model.eval()
     frozen = _params_without_gradient(model, inputs, targets)
     for p in frozen:
         p.requires_grad_(False)
     model.zero_grad(set_to_none=True)
     try:
-        if method == "lanczos":
-            return _lanczos(model, inputs, targets, max_iter, tol, seed, chunk_size or len(targets))
-        return _pyhessian_power(model, inputs, targets, max_iter, tol, seed, device)
+        yield
     finally:
         model.zero_grad(set_to_none=True)
         for p in frozen:
@@ -103,32 +149,57 @@ def top_eigenvalue_with_iterations(model: nn.Module, inputs: torch.Tensor, targe
         model.train(was_training)
 
 
-def _lanczos(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, max_iter: int, tol: float, seed: int,
-             chunk_size: int) -> EigenResult:
-    params = [p for p in model.parameters() if p.requires_grad]
-    n = len(targets)
-    grads = []
-    for start in range(0, n, chunk_size):
-        # Sum-reduced and divided by n: the chunks' losses add up to the mean over all n examples.
-        loss = nn.functional.cross_entropy(model(inputs[start:start + chunk_size]),
-                                           targets[start:start + chunk_size], reduction="sum") / n
-        grads.append(torch.autograd.grad(loss, params, create_graph=True))
-    sizes = [p.numel() for p in params]
+@contextlib.contextmanager
+def hessian_operator(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                     chunk_size: int = 0) -> Iterator[HessianOperator]:
+    """A :class:`HessianOperator` on the prepared model, valid inside the ``with`` block."""
+    with _prepared(model, inputs, targets):
+        yield HessianOperator(model, inputs, targets, chunk_size)
 
-    def hessian_vector_product(v: torch.Tensor) -> torch.Tensor:
-        pieces = [piece.view(p.shape) for piece, p in zip(v.split(sizes), params)]
-        total = torch.zeros_like(v)
-        for g in grads:
-            hv = torch.autograd.grad(g, params, grad_outputs=pieces, retain_graph=True, allow_unused=True)
-            total += torch.cat([torch.zeros(p.numel(), device=v.device, dtype=v.dtype) if h is None
-                                else h.reshape(-1) for h, p in zip(hv, params)])
-        return total
 
+def lanczos_top(operator: HessianOperator, *, k: int = 1, max_iter: int = 100, tol: float = 1e-3,
+                seed: int = 0) -> LanczosResult:
+    """The ``k`` largest Hessian eigenvalues by Lanczos from a seeded Gaussian start (see robustsweep.lanczos)."""
     generator = torch.Generator().manual_seed(seed)
-    start = torch.randn(sum(sizes), generator=generator).to(device=inputs.device, dtype=params[0].dtype)
+    start = torch.randn(operator.dim, generator=generator).to(device=operator.device, dtype=operator.dtype)
     with torch.no_grad():
-        result = top_eigenvalue_lanczos(hessian_vector_product, start, max_iter=max_iter, tol=tol)
-    return EigenResult(result.eigenvalue, result.iterations)
+        return top_eigenvalues_lanczos(operator, start, k=k, max_iter=max_iter, tol=tol)
+
+
+def hutchinson_trace(operator: HessianOperator, *, probes: int = 100, seed: int = 0) -> TraceResult:
+    """The Hessian's trace by Hutchinson's estimator (Hutchinson 1990; PyHessian's ``trace()``).
+
+    E[v'Hv] = tr(H) for Rademacher v (entries +-1, independent), so the mean of
+    v'Hv over ``probes`` seeded draws estimates the trace, and their sample
+    standard deviation over sqrt(probes) is its standard error. PyHessian's
+    default is at most 100 probes; a fixed count keeps the estimate
+    reproducible and its error stated.
+    """
+    if probes < 2:
+        raise ValueError(f"probes must be >= 2 for a standard error, got {probes}")
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    with torch.no_grad():
+        for _ in range(probes):
+            v = (torch.randint(0, 2, (operator.dim,), generator=generator) * 2 - 1).to(
+                device=operator.device, dtype=operator.dtype)
+            values.append(float(torch.dot(v, operator(v))))
+    estimates = torch.tensor(values, dtype=torch.float64)
+    return TraceResult(float(estimates.mean()), float(estimates.std(unbiased=True) / probes ** 0.5), probes)
+
+
+def top_eigenvalue_with_iterations(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+                                   max_iter: int = 100, tol: float = 1e-3, seed: int = 0, method: str = "lanczos",
+                                   chunk_size: int = 0) -> EigenResult:
+    """Like :func:`top_eigenvalue`, also returning the number of Hessian-vector products used."""
+    if method not in HESSIAN_METHODS:
+        raise ValueError(f"unknown Hessian method {method!r}: allowed are {', '.join(HESSIAN_METHODS)}")
+    if method == "lanczos":
+        with hessian_operator(model, inputs, targets, chunk_size) as operator:
+            result = lanczos_top(operator, max_iter=max_iter, tol=tol, seed=seed)
+        return EigenResult(result.eigenvalue, result.iterations)
+    with _prepared(model, inputs, targets):
+        return _pyhessian_power(model, inputs, targets, max_iter, tol, seed, inputs.device)
 
 
 def _pyhessian_power(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, max_iter: int, tol: float,

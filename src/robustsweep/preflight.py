@@ -29,6 +29,17 @@ from .errors import ConfigError, DataError, UserError
 MAX_TRIALS = 100_000
 
 
+def resolve_folder(path: str | os.PathLike, what: str = "storage_path") -> str:
+    """``path`` made absolute with its links followed; a link loop is a ConfigError (not a traceback)."""
+    try:
+        return str(Path(path).resolve())
+    except (RuntimeError, OSError) as exc:  # Python 3.11: RuntimeError("Symlink loop ..."); later: OSError ELOOP
+        raise ConfigError(
+            f"The sweep's {what} {path} cannot be resolved ({exc}): a symbolic link on that path points back "
+            f"at itself, directly or through other links. Fix or remove the link (`ls -l` each folder of the "
+            f"path), or set {what} to another folder.") from None
+
+
 def check_storage(storage_path: str) -> None:
     """Fail unless ``storage_path`` can hold Ray's experiment state and checkpoints."""
     if "://" in storage_path:
@@ -54,6 +65,41 @@ def check_storage(storage_path: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"The sweep's storage_path {path} cannot be written: {existing} is not writable by this "
                         "user. Set storage_path to a folder you can write, or fix its permissions.")
+    check_free_space(storage_path)
+
+
+#: Free space a local storage_path must have for a launch or resume, and below which a running sweep
+#: stops before the disk fills (ROBUSTSWEEP_MIN_FREE_MB): checkpoints (two per trial), Ray's state files.
+DEFAULT_MIN_FREE_MB = 512
+
+
+def min_free_bytes() -> int:
+    try:
+        return int(float(os.environ.get("ROBUSTSWEEP_MIN_FREE_MB", DEFAULT_MIN_FREE_MB)) * 2**20)
+    except ValueError:
+        return DEFAULT_MIN_FREE_MB * 2**20
+
+
+def free_bytes(storage_path: str) -> int | None:
+    """Free bytes on a local storage_path's file system (its nearest existing folder); None for cloud storage."""
+    import shutil
+
+    if "://" in storage_path:
+        return None
+    existing = Path(storage_path)
+    while not existing.exists():
+        existing = existing.parent
+    return shutil.disk_usage(existing).free
+
+
+def check_free_space(storage_path: str) -> None:
+    free, need = free_bytes(storage_path), min_free_bytes()
+    if free is not None and free < need:
+        raise UserError(
+            f"The sweep's storage_path {storage_path} has {free / 2**20:.0f} MB free, less than the {need / 2**20:.0f} MB "
+            "a sweep needs for its checkpoints and Ray's experiment state (ROBUSTSWEEP_MIN_FREE_MB). Free space on "
+            "that disk (old ray_results, mlartifacts) or set storage_path to a folder on another disk; nothing "
+            "was started, and finished trials stay finished.")
 
 
 def check_data(configs: Iterable[Any], *, local: bool) -> None:
@@ -111,3 +157,10 @@ def check_resources(demands: Iterable[dict[str, float]], *, autoscaling: bool) -
             "machine without a GPU), or launch on a cluster with such nodes (--address)."
         )
     return warnings
+
+
+def local_gpu_count() -> int:
+    """GPUs this machine's torch sees (0 without CUDA); imports torch, so asked only when a sweep wants GPUs."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -26,6 +26,9 @@ A sweep file (``sweeps/*.yaml``)::
                                    # (gpu: auto = a quarter of a GPU where the cluster has GPUs, else none)
         seeds: [0, 1, 2]           # optional, overrides the sweep's seeds for this group
 
+Instead of ``groups``, a ``search:`` block (schema in :mod:`robustsweep.search`) asks Ray Tune to sample
+trials (Optuna's TPE or random search, ASHA optionally) towards one or two objectives under constraints.
+
 A trial = base + set + one point (if any) + one grid point + one seed. Unknown keys, wrong types,
 impossible values, empty grid axes and duplicate trials are rejected with a
 :class:`~robustsweep.errors.ConfigError` naming the file, the key path, the
@@ -44,16 +47,20 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from .config import (FIELDS, TrialConfig, check_keys, coerce, default_data_root, make_trial_config, parse_overrides,
-                     read_yaml_mapping)
+from .config import (FIELDS, TrialConfig, check_keys, coerce, coerce_each, default_data_root, is_setting,
+                     make_trial_config, parse_overrides, read_yaml_mapping, yaml_load)
+from .plugin_settings import defaults_for
 from .errors import ConfigError
-from .preflight import MAX_TRIALS, check_trial_count
+from .preflight import MAX_TRIALS, check_trial_count, resolve_folder
 from .tracking import normalize_tracking_uri
 
+if TYPE_CHECKING:  # robustsweep.search imports this module
+    from .search import Search
+
 _TOP_KEYS = {"name", "description", "storage_path", "mlflow", "resources", "max_concurrent", "max_failures",
-             "seeds", "base", "groups"}
+             "seeds", "base", "groups", "search"}
 _GROUP_KEYS = {"name", "description", "set", "grid", "points", "resources", "seeds"}
 #: Settings that say where things are, not what is trained: left out of trial ids.
 _LOCATION_KEYS = {"data_root", "download", "verify_checksums", "device", "mlflow_tracking_uri", "mlflow_experiment"}
@@ -92,6 +99,24 @@ class Trial:
     group: str
     resources: Resources
     config: TrialConfig
+
+    @property
+    def run_name(self) -> str:
+        """The MLflow run's name: what the trial is, e.g. ``sgd lr=0.01 bs=128 seed=0`` (the id stays in its
+        ``trial_id`` tag). The dataset leads when it is not MNIST; momentum, weight decay, the step schedule
+        and a training-accuracy stop appear when set."""
+        c = self.config
+        parts = [] if c.dataset == "mnist" else [c.dataset]
+        parts.append(c.variant)
+        parts.append(f"lr/bs={c.lr_batch_ratio:.3g}" if c.lr_batch_ratio is not None else f"lr={c.lr:g}")
+        parts.append(f"bs={c.batch_size}")
+        parts += [f"{name}={value:g}" for name, value in (("momentum", c.momentum), ("wd", c.weight_decay)) if value]
+        if c.schedule != "constant":
+            parts.append(c.schedule)
+        if c.stop_train_acc is not None:
+            parts.append(f"until train acc {c.stop_train_acc:g}")
+        parts.append(f"seed={c.seed}")
+        return " ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
         return {"trial_id": self.trial_id, "group": self.group, "resources": dataclasses.asdict(self.resources),
@@ -134,10 +159,13 @@ class SweepOverrides:
     cpu: float | None = None
     gpu: float | None = None
     name: str | None = None
+    #: ``key=v1,v2``: keep only these values of a grid axis (the same trials, with the same ids, as in the full sweep).
+    grid: tuple[str, ...] = ()
 
     def flags(self) -> str:
         parts = ["--local"] if self.local else []
         parts += [f"--set {s}" for s in self.settings] + [f"--only {g}" for g in self.only]
+        parts += [f"--grid {g}" for g in self.grid]
         if self.seeds is not None:
             parts.append("--seeds " + ",".join(map(str, self.seeds)))
         parts += [f"--{k} {v:g}" for k, v in (("cpu", self.cpu), ("gpu", self.gpu)) if v is not None]
@@ -146,6 +174,7 @@ class SweepOverrides:
     def trial_flags(self) -> str:
         """The flags that change which trials exist or what they train (resources and places do not)."""
         parts = [f"--set {s}" for s in sorted(self.settings)] + [f"--only {g}" for g in sorted(self.only)]
+        parts += [f"--grid {g}" for g in sorted(self.grid)]
         return " ".join(parts + ([f"--seeds {sorted(self.seeds)}"] if self.seeds is not None else []))
 
 
@@ -170,11 +199,33 @@ class SweepSpec:
     forced: dict[str, Any] = field(default_factory=dict)
     #: The command-line flags that changed the file's sweep ("" when none), recorded on every run.
     flags: str = ""
+    #: What the command line's flags did that the user should hear of (printed by validate and launch).
+    notes: tuple[str, ...] = ()
+    #: The ``search:`` block (robustsweep.search): trials Ray Tune samples, known only once sampled.
+    search: "Search | None" = None
 
     @property
     def experiment_dir(self) -> str:
         """Ray Tune's experiment folder for this sweep (storage_path/name)."""
         return self.storage_path.rstrip("/") + "/" + self.name
+
+    def warnings(self) -> list[str]:
+        """What the sweep asks for that runs, but likely not as meant: a batch larger than the training set."""
+        from . import datasets
+
+        out = {}
+        for trial in self.trials:
+            c = trial.config
+            size = datasets.get(c.dataset).train_size
+            if size is None:
+                continue
+            size = min(size, c.subset) if c.subset else size
+            if c.batch_size > size:
+                out.setdefault((trial.group, c.batch_size, size), (
+                    f"group {trial.group}: batch_size {c.batch_size} is larger than its training set ({size} "
+                    f"examples{', subset' if c.subset else ''}): every epoch is one full-batch step of {size}, "
+                    f"not batches of {c.batch_size}. Lower batch_size or raise subset, unless full batch is meant."))
+        return list(out.values())
 
     def summary(self) -> list[tuple[str, int, str]]:
         """(group, number of trials, axes) per group."""
@@ -186,6 +237,12 @@ class SweepSpec:
             if len(g.seeds) > 1:
                 axes += f" x seed[{len(g.seeds)}]"
             rows.append((g.name, count, axes))
+        if self.search is not None:
+            s = self.search
+            goal = ", ".join(f"{o.mode} {o.metric}" for o in s.objectives)
+            rows.append((s.group, s.num_samples, f"search ({s.algorithm}{', asha' if s.scheduler else ''}) over "
+                         f"{', '.join(s.space)}: {goal}"
+                         + (f" with {', '.join(map(str, s.constraints))}" if s.constraints else "")))
         return rows
 
 
@@ -250,8 +307,18 @@ class _Where:
             raise self.error(path, f"seeds repeat: {value}.")
         return tuple(value)
 
+    def setting_keys(self, value: Any, path: str) -> dict[str, Any]:
+        """A mapping whose keys are trial settings, built-in or a plugin's."""
+        if isinstance(value, dict):
+            unknown = [k for k in value if not is_setting(k)]
+            if unknown:
+                self.mapping({unknown[0]: None}, path, set(FIELDS))  # the unknown-key error, with allowed keys
+        elif value is not None:
+            self.mapping(value, path, set())
+        return value or {}
+
     def settings(self, value: Any, path: str) -> dict[str, Any]:
-        data = self.mapping(value, path, set(FIELDS))
+        data = self.setting_keys(value, path)
         out = {}
         for key, v in data.items():
             try:
@@ -279,7 +346,8 @@ def _science(config: TrialConfig) -> dict[str, Any]:
     run, on which launch's skip and ``robustsweep import`` rely) stable when a new setting is
     added with a default that keeps the old behaviour.
     """
-    defaults = _default_settings()
+    defaults = {**_default_settings(), **defaults_for(config.variant, config.attacks + config.curvature)}
+    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
     return {k: v for k, v in config.to_dict().items()
             if k not in _LOCATION_KEYS and (k not in defaults or v != defaults[k])}
 
@@ -314,7 +382,7 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None, max_trials:
     if not isinstance(storage, str) or not storage:
         raise where.error("storage_path", f"expected a folder or s3://, gs:// URI, got {storage!r}.")
     if "://" not in storage:
-        storage = str((base_dir / storage).resolve())
+        storage = resolve_folder(base_dir / storage)
     mlflow = where.mapping(data.get("mlflow"), "mlflow", _MLFLOW_KEYS)
     uri = mlflow.get("tracking_uri", "sqlite:///mlflow.db")
     experiment = mlflow.get("experiment", name)
@@ -331,8 +399,19 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None, max_trials:
         if key in base:
             raise where.error(f"base.{key}", f"{key} is set by the sweep (seeds, mlflow), not per trial.")
     groups_raw = data.get("groups")
-    if not isinstance(groups_raw, list) or not groups_raw:
-        raise where.error("groups", "expected a non-empty list of groups (each with a name, and set and/or grid).")
+    search = None
+    if "search" in data:
+        if "groups" in data:
+            raise where.error("search", "a sweep file has groups (a grid) or a search, not both: one Ray experiment "
+                                        "holds one searcher. Put the grid and the search in two sweep files (two "
+                                        "names), or turn the grid's axes into the search's choices.")
+        from .search import parse_search
+
+        search = parse_search(data["search"], where, resources)
+        groups_raw = []
+    elif not isinstance(groups_raw, list) or not groups_raw:
+        raise where.error("groups", "expected a non-empty list of groups (each with a name, and set and/or grid), "
+                                    "or a search: block.")
     groups: list[Group] = []
     for gi, g in enumerate(groups_raw):
         gpath = f"groups[{gi}]"
@@ -341,7 +420,7 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None, max_trials:
         if gname in {x.name for x in groups}:
             raise where.error(f"{gpath}.name", f"group name {gname!r} is used twice.")
         settings = where.settings(g.get("set"), f"{gpath}.set")
-        grid_raw = where.mapping(g.get("grid"), f"{gpath}.grid", set(FIELDS))
+        grid_raw = where.setting_keys(g.get("grid"), f"{gpath}.grid")
         grid: dict[str, list[Any]] = {}
         for key, values in grid_raw.items():
             axis = f"{gpath}.grid.{key}"
@@ -349,12 +428,7 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None, max_trials:
                 raise where.error(axis, f"expected a list of values for this axis, got {values!r}.")
             if not values:
                 raise where.error(axis, "the axis is empty: give at least one value (an empty axis means no trials).")
-            checked = []
-            for vi, v in enumerate(values):
-                try:
-                    checked.append(coerce(key, v))
-                except ConfigError as exc:
-                    raise where.error(f"{axis}[{vi}]", str(exc)) from None
+            checked = coerce_each(key, values, where, axis)
             if len({json.dumps(v, default=str) for v in checked}) != len(checked):
                 raise where.error(axis, f"the axis repeats a value: {values}.")
             grid[key] = checked
@@ -371,14 +445,35 @@ def load_sweep(path: str | Path, base_dir: str | Path | None = None, max_trials:
                             group_seeds))
     spec = SweepSpec(name=name, source=source, storage_path=storage, tracking_uri=uri, experiment=experiment,
                      resources=resources, max_concurrent=max_concurrent, max_failures=max_failures,
-                     seeds=seeds, base=base, groups=tuple(groups), description=data.get("description", ""))
+                     seeds=seeds, base=base, groups=tuple(groups), description=data.get("description", ""),
+                     search=search)
     if overrides is not None:
         spec = _override(spec, overrides, where, base_dir)
     try:
         check_trial_count(count_trials(spec), max_trials)
     except ConfigError as exc:
-        raise where.error("groups", str(exc)) from None
+        raise where.error("search.num_samples" if spec.search else "groups", str(exc)) from None
+    if spec.search is not None:
+        spec = dataclasses.replace(spec, search=_search_template(spec, where, base_dir))
     return dataclasses.replace(spec, trials=tuple(_expand(spec, where, base_dir)))
+
+
+def _search_template(spec: SweepSpec, where: _Where, base_dir: Path) -> "Search":
+    """The search with the values every sampled trial starts from (as _expand builds a grid trial's), checked."""
+    from .search import check_search
+
+    search = spec.search
+    for key in spec.forced:
+        if key in search.space:
+            raise _flag_error(f"--set {key}", f"the search samples {key}: forcing one value would change the "
+                                              "search. Edit the file's search.space instead.")
+    values = {**spec.base, **search.settings, **spec.forced, "seed": search.seed,
+              "mlflow_tracking_uri": spec.tracking_uri, "mlflow_experiment": spec.experiment}
+    values.setdefault("data_root", default_data_root())
+    values = _absolute_paths({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}, base_dir)
+    search = dataclasses.replace(search, template=values)
+    check_search(search, where)
+    return search
 
 
 def _flag_error(flag: str, message: str) -> ConfigError:
@@ -387,6 +482,10 @@ def _flag_error(flag: str, message: str) -> ConfigError:
 
 def _override(spec: SweepSpec, o: SweepOverrides, where: _Where, base_dir: Path) -> SweepSpec:
     groups = list(spec.groups)
+    if spec.search is not None and (o.only or o.grid):
+        flag = f"--only {o.only[0]}" if o.only else f"--grid {o.grid[0]}"
+        raise _flag_error(flag, f"picks a grid's groups or axis values, but {spec.source} is a search (no groups): "
+                                "drop the flag, or narrow the search's space in the file.")
     if o.only:
         names = [g.name for g in groups]
         for pattern in o.only:
@@ -410,6 +509,10 @@ def _override(spec: SweepSpec, o: SweepOverrides, where: _Where, base_dir: Path)
                     raise _flag_error(f"--set {key}", f"group {g.name!r} varies {key} (its grid or points): "
                                                       "forcing one value would merge its trials. Pick groups "
                                                       "with --only, or edit the file.")
+    groups = _keep_grid_values(groups, o.grid)
+    search = spec.search
+    if search is not None and o.seeds is not None:
+        raise _flag_error("--seeds", "a search's trials run one seed, search.seed in the sweep file: edit it there.")
     if o.seeds is not None:
         seeds = where.seeds(list(o.seeds), "--seeds")
         groups = [dataclasses.replace(g, seeds=seeds) for g in groups]
@@ -423,9 +526,22 @@ def _override(spec: SweepSpec, o: SweepOverrides, where: _Where, base_dir: Path)
             changes["gpu_auto"] = False  # an explicit share replaces `gpu: auto`
         changes = {k: v for k, v in changes.items() if v is not None}
         groups = [dataclasses.replace(g, resources=dataclasses.replace(g.resources, **changes)) for g in groups]
+        if search is not None:
+            search = dataclasses.replace(search, resources=dataclasses.replace(search.resources, **changes))
+    notes: list[str] = []
+    if o.local and o.gpu is None and any(r.gpu > 0 and not r.gpu_auto for r in
+                                         [g.resources for g in groups] + ([search.resources] if search else [])):
+        from .preflight import local_gpu_count
+
+        if local_gpu_count() == 0:  # --local means this machine: its trials run on its CPU
+            groups = [dataclasses.replace(g, resources=dataclasses.replace(g.resources, gpu=0.0)) for g in groups]
+            if search is not None:
+                search = dataclasses.replace(search, resources=dataclasses.replace(search.resources, gpu=0.0))
+            notes.append("--local: this machine has no GPU, so the sweep file's GPU share per trial is dropped "
+                         "(trials run on the CPU)")
     storage, uri, base = spec.storage_path, spec.tracking_uri, dict(spec.base)
     if o.local:
-        storage = str((base_dir / "ray_results").resolve())
+        storage = resolve_folder(base_dir / "ray_results")
         uri = normalize_tracking_uri("sqlite:///mlflow.db", base_dir)
         base.pop("data_root", None)  # a cluster path; ROBUSTSWEEP_DATA_ROOT or --set data_root decide
     name, experiment = spec.name, spec.experiment
@@ -437,12 +553,45 @@ def _override(spec: SweepSpec, o: SweepOverrides, where: _Where, base_dir: Path)
         experiment = name  # the file's experiment holds the file's sweep
     return dataclasses.replace(spec, name=name, storage_path=storage, tracking_uri=uri, experiment=experiment,
                                base=base, groups=tuple(groups), forced=forced, flags=o.flags(),
-                               seeds=o.seeds if o.seeds is not None else spec.seeds)
+                               seeds=o.seeds if o.seeds is not None else spec.seeds, notes=tuple(notes),
+                               search=search)
+
+
+def _keep_grid_values(groups: list[Group], grid_flags: tuple[str, ...]) -> list[Group]:
+    """``--grid key=v1,v2``: keep only those values of axis ``key`` in every group that varies it."""
+    for flag in grid_flags:
+        key, sep, raw = flag.partition("=")
+        key = key.strip()
+        if not sep or not key or not raw.strip():
+            raise _flag_error(f"--grid {flag}", "expected key=value1,value2 (e.g. --grid batch_size=128,256).")
+        if not any(key in g.grid for g in groups):
+            varied = sorted({k for g in groups for k in g.grid})
+            raise _flag_error(f"--grid {flag}", f"no selected group varies {key!r}; the grid axes are "
+                                               f"{', '.join(varied) or 'none'}. Pick groups with --only.")
+        try:
+            items = yaml_load(raw) if raw.strip().startswith("[") else [yaml_load(item) for item in raw.split(",")]
+            wanted = [coerce(key, v) for v in items]
+        except (ConfigError, ValueError) as exc:
+            raise _flag_error(f"--grid {flag}", str(exc)) from None
+        kept_groups = []
+        for g in groups:
+            if key not in g.grid:
+                kept_groups.append(g)
+                continue
+            missing = [v for v in wanted if v not in g.grid[key]]
+            if missing:
+                raise _flag_error(f"--grid {flag}", f"group {g.name!r} has no {key} value "
+                                                   f"{', '.join(map(str, missing))}: its axis is {g.grid[key]}. "
+                                                   "Give values the axis has (the trials keep their ids).")
+            kept_groups.append(dataclasses.replace(g, grid={**g.grid, key: [v for v in g.grid[key] if v in wanted]}))
+        groups = kept_groups
+    return groups
 
 
 def count_trials(spec: SweepSpec) -> int:
-    """The number of trials the sweep expands to, computed without expanding it."""
-    return sum(len(g.points) * math.prod(len(v) for v in g.grid.values()) * len(g.seeds) for g in spec.groups)
+    """The number of trials the sweep expands to (a search's: its num_samples), computed without expanding it."""
+    grid = sum(len(g.points) * math.prod(len(v) for v in g.grid.values()) * len(g.seeds) for g in spec.groups)
+    return grid + (spec.search.num_samples if spec.search is not None else 0)
 
 
 def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:

@@ -21,18 +21,29 @@ import yaml
 
 from . import metrics as keys
 from .allocator import keep_freed_memory
-from .attacks import attack_accuracy, clean_accuracy
+from .attacks import clean_accuracy
 from .config import TrialConfig
 from .errors import UserError
 from .data import DeviceBatches, DeviceData
-from .hessian import hessian_sample, top_eigenvalue_with_iterations
+from . import datasets, measurements
+from .measurements import MeasureContext
 from .models import build_model
 from .tracking import TrialRun, device_name, git_commit, normalize_tracking_uri
-from .variants import VARIANTS, Variant
+from . import variants
+from .variants import Variant
 
 
 class InjectedFailure(RuntimeError):
     """Raised by the test-only ``fail_at_epoch`` switch."""
+
+
+class TrialStopped(BaseException):
+    """Raised by an ``on_epoch_end`` callback when the sweep's scheduler (ASHA) stopped the trial after that
+    epoch's report: the run ends FINISHED with ``outcome = pruned``, no measurements, never as a failure."""
+
+
+#: The outcome of a trial its scheduler stopped early (robustsweep.search.PRUNED).
+PRUNED = "pruned"
 
 
 @dataclass
@@ -78,7 +89,7 @@ def prepare_device(config: TrialConfig, device: torch.device) -> None:
 
 def build_trial_model(config: TrialConfig, device: torch.device) -> torch.nn.Module:
     """The trial's model on its device, in the memory format the config asks for there."""
-    model = build_model(config.model).to(device)
+    model = build_model(config.model, config.dataset).to(device)
     if config.channels_last_for(device.type):
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -98,10 +109,12 @@ def lr_at_epoch(config: TrialConfig, epoch: int) -> float:
 
 def evaluate(model: torch.nn.Module, data: DeviceData, config: TrialConfig,
              log: Callable[[str], None] = lambda _: None, clean_acc: float | None = None) -> dict[str, float]:
-    """Clean accuracy, FGSM/PGD accuracy and ratio at every eps, and the Hessian's top eigenvalue.
+    """Clean accuracy, then every measurement the config asks for (robustsweep.measurements).
 
-    ``clean_acc``: the model's accuracy on ``data.test``, when the caller has
-    just measured it (the last epoch's test pass), so it is not measured twice.
+    ``config.attacks`` and ``config.curvature`` choose them (the study's defaults: FGSM and PGD; the
+    top eigenvalue). The curvature measurements share one Hessian-vector product on one seeded sample
+    of training examples. ``clean_acc``: the model's accuracy on ``data.test``, when the caller has just
+    measured it (the last epoch's test pass), so it is not measured twice.
     """
     out: dict[str, float] = {}
     device = next(model.parameters()).device
@@ -116,25 +129,12 @@ def evaluate(model: torch.nn.Module, data: DeviceData, config: TrialConfig,
         # The ratio compares attack and clean accuracy on the same (possibly subset) examples.
         base = clean_acc if attacked is data.test else clean_accuracy(model, x_att, y_att, batch_size)
         out[keys.ATTACKED_CLEAN_ACC] = base
-    for eps in config.eps:
-        for attack in ("fgsm", "pgd"):
-            options = dict(batch_size=batch_size, seed=config.seed)
-            if attack == "pgd":
-                options.update(steps=config.pgd_steps, step_size=config.pgd_step_size)
-            with clock(attack) as seconds:
-                acc = attack_accuracy(model, x_att, y_att, attack, eps, **options)
-            out[keys.attack_key(attack, "acc", eps)] = acc
-            out[keys.attack_key(attack, "ratio", eps)] = acc / base if base > 0 else 0.0
-            log(f"{attack} eps={eps:g}: accuracy {acc:.4f} ({seconds[0]:.1f}s)")
-    with clock("hessian") as seconds:
-        index = hessian_sample(len(data.train), config.hessian_samples, config.seed)
-        x_h, y_h = data.train.floats(index.to(data.train.labels.device))
-        eig = top_eigenvalue_with_iterations(model, x_h, y_h, max_iter=config.hessian_iters, tol=config.hessian_tol,
-                                             seed=config.seed, method=config.hessian_method, chunk_size=batch_size)
-    out[keys.HESSIAN_TOP_EIG] = eig.eigenvalue
-    out[keys.HESSIAN_ITERS] = float(eig.iterations)
-    log(f"hessian top eigenvalue {eig.eigenvalue:.4g} after {eig.iterations} Hessian-vector products "
-        f"({config.hessian_method}, {seconds[0]:.1f}s)")
+    ctx = MeasureContext(model, data, config, batch_size, clock, log, (x_att, y_att), base)
+    try:
+        for measurement in measurements.chosen(config):
+            out.update(measurement.measure(ctx))
+    finally:
+        ctx.close()
     if device.type == "cuda":
         out[keys.PEAK_GPU_MIB] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
@@ -218,7 +218,7 @@ def run_trial(config: TrialConfig, *, resume_state: dict[str, Any] | None = None
         # torch._dynamo (0.8 s on a CPU), which then overlaps MLflow's start-up in `robustsweep run`.
         torch.manual_seed(config.seed)
         model = build_trial_model(config, device)
-        variant = VARIANTS[config.variant](model, config, data.train, torch.Generator().manual_seed(config.seed + 1))
+        variant = variants.get(config.variant)(model, config, data.train, torch.Generator().manual_seed(config.seed + 1))
     except torch.OutOfMemoryError as exc:
         raise _out_of_memory(exc, device, config) from None
     run = open_run(uri, config.mlflow_experiment, run_id=(resume_state or {}).get("run_id", run_id),
@@ -258,8 +258,7 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
          variant: Variant, resume_state: dict[str, Any] | None, on_epoch_end: EpochCallback | None, progress: bool,
          log: Callable[[str], None]) -> TrialOutcome:
     run.log_params(config.to_dict())  # idempotent: a reopened run gets the same values again
-    if not run.resumed:
-        run.log_datasets(dataset_inputs(config, data))
+    run.log_datasets(dataset_inputs(config, data))  # those the run lacks (a reopened run may have none)
     data_generator = torch.Generator().manual_seed(config.seed)
     batches = DeviceBatches(data.train, config.batch_size, data_generator, flip=config.augment_flip,
                             crop_padding=config.augment_crop)
@@ -284,7 +283,9 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
     # they are trained again, identically, but logged once.
     logged = run.logged_steps("train_loss")
     diverged_at = 0
-    for epoch in range(start_epoch, config.epochs):
+    # stop_train_acc: a checkpoint taken at the stopping epoch has nothing left to train.
+    stopped = bool(history) and _reached(config, history[-1]["train_acc"])
+    for epoch in range(start_epoch, config.epochs if not stopped else start_epoch):
         if config.fail_at_epoch == epoch + 1 and resume_state is None:
             raise InjectedFailure(f"injected failure in epoch {epoch + 1} (fail_at_epoch, first attempt only)")
         lr = lr_at_epoch(config, epoch)
@@ -315,7 +316,17 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
             diverged_at = epoch + 1
             break
         if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, metrics, lambda e=epoch + 1: checkpoint_state(e))
+            try:
+                on_epoch_end(epoch + 1, metrics, lambda e=epoch + 1: checkpoint_state(e))
+            except TrialStopped:
+                log(f"stopped by the scheduler after epoch {epoch + 1}: pruned")
+                run.set_tags({"outcome": PRUNED, "pruned_epoch": str(epoch + 1)})
+                run.finish("FINISHED")
+                return TrialOutcome(PRUNED, run.run_id, {}, history, epoch + 1)
+        if _reached(config, train_acc):
+            log(f"training accuracy {train_acc:.4f} reached stop_train_acc={config.stop_train_acc:g} in epoch "
+                f"{epoch + 1}: training stops")
+            break
 
     if diverged_at:
         log(f"training diverged in epoch {diverged_at} (loss is not finite): stopped, no attacks or Hessian")
@@ -328,11 +339,16 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
 
     # The last epoch's test pass measured this very model on this very data: its accuracy is clean_acc.
     final = evaluate(model, data, config, log, clean_acc=history[-1]["test_acc"])
+    last_epoch = int(history[-1]["epoch"])
+    if config.stop_train_acc is not None:
+        final[keys.STOPPED_EPOCH] = float(last_epoch)
+        final[keys.REACHED_STOP_TRAIN_ACC] = float(_reached(config, history[-1]["train_acc"]))
     final["diverged"] = 0.0
-    collapsed = keys.is_collapsed(final[keys.CLEAN_ACC])
+    chance = datasets.get(config.dataset).chance_accuracy
+    collapsed = keys.is_collapsed(final[keys.CLEAN_ACC], chance)
     final["collapsed"] = float(collapsed)
-    if config.epochs not in run.logged_steps(keys.CLEAN_ACC):
-        run.log_metrics(final, step=config.epochs)
+    if last_epoch not in run.logged_steps(keys.CLEAN_ACC):
+        run.log_metrics(final, step=last_epoch)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(model.state_dict(), Path(tmp) / "model.pt")
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -342,8 +358,13 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
     tags = {"outcome": outcome}
     if collapsed:
         tags["collapsed_reason"] = (f"clean accuracy {final[keys.CLEAN_ACC]:.4f} is within {keys.COLLAPSE_MARGIN} of "
-                                    f"chance ({keys.CHANCE_ACCURACY}): its attack ratios and curvature mean nothing")
+                                    f"chance ({chance:g}): its attack ratios and curvature mean nothing")
         log(f"collapsed: {tags['collapsed_reason']}")
     run.set_tags(tags)
     run.finish("FINISHED")
-    return TrialOutcome(outcome, run.run_id, final, history, config.epochs)
+    return TrialOutcome(outcome, run.run_id, final, history, last_epoch)
+
+
+def _reached(config: TrialConfig, train_acc: float) -> bool:
+    """Whether an epoch's training accuracy meets stop_train_acc (never, when it is None)."""
+    return config.stop_train_acc is not None and train_acc >= config.stop_train_acc

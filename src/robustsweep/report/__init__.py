@@ -9,7 +9,16 @@
 * ``index.html`` — all of the above on one page that works offline;
 * ``problems.csv`` — failed, diverged, collapsed and unfinished trials and runs missing metrics, with the reason;
 * ``cost.csv`` — seconds per trial in each phase (training, test passes, attacks, Hessian), per variant;
-* ``conclusions.csv`` — the study's claims (:mod:`.conclusions`), each with this sweep's statistic and a verdict.
+* ``claims.csv`` — every testable claim of the study (:mod:`.claims`), one row per claim and eps, with this
+  sweep's statistics and a verdict;
+* ``table2.csv`` — the study's Table 2 (CIFAR-10) beside this sweep's runs of the same settings;
+* ``autoattack_gap.csv`` — where AutoAttack ran: PGD's and AutoAttack's accuracy on the same images per run;
+* ``scale.csv`` — with ``compare``: each claim's verdict here beside its verdict in the other sweep(s);
+* ``search.csv`` and ``search_pareto.png`` — for a search (:mod:`.search_section`): every searched trial with its
+  objectives and constraints, the best trial, and for two objectives the Pareto front and its trials.
+
+The page opens with the scale the runs were trained and measured at (:mod:`.scale`). Several sweeps of one
+grid report as one (:func:`.collect.collect_many`).
 """
 
 from __future__ import annotations
@@ -21,8 +30,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..metrics import CHANCE_ACCURACY, COLLAPSE_MARGIN, measurement_keys
-from .collect import SweepRuns, collect, for_analysis
-from .conclusions import conclusions, findings_table
+from .autoattack_gap import GAP_FLAG, autoattack_gap
+from .collect import SweepRuns, collect, collect_many, for_analysis
+from .scale import compare_verdicts, scale_statement
+from .claims import claims_table, evaluate_claims
+from .claims_section import claims_html, claims_markdown, table2_html, TABLE2_NOTE
+from .study_table2 import table2_beside_ours
 from .study_figures import STUDY_FIGURES, study_figure
 from .correlation import correlation_table
 from .figures import batch_size_figure, correlation_figure, learning_curves_figure, metric_label
@@ -37,7 +50,8 @@ class Report:
     runs: SweepRuns
     figures: list[Path] = field(default_factory=list)
     correlation: pd.DataFrame | None = None
-    conclusions: pd.DataFrame | None = None
+    claims: pd.DataFrame | None = None
+    table2: pd.DataFrame | None = None
 
     @property
     def index(self) -> Path:
@@ -66,25 +80,48 @@ def attack_settings(table: pd.DataFrame) -> str:
             "attack, not of training.")
 
 
-def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
-                storage_path: str | None = None) -> Report:
-    runs = collect(sweep, tracking_uri=tracking_uri, storage_path=storage_path)
+#: Measurement columns the tables show beside the study's, when some run has them.
+EXTRA_TABLE_COLUMNS = ["lr_x_top_eig", "hessian_trace"]
+
+
+def _extra_columns(df: pd.DataFrame, eps: list[float]) -> list[str]:
+    """AutoAttack's accuracy and ratio at each eps, the trace, and lr x top eigenvalue, where some run has them."""
+    from ..metrics import attack_key
+
+    wanted = [attack_key("autoattack", what, e) for e in eps for what in ("acc", "ratio")] + EXTRA_TABLE_COLUMNS
+    return [c for c in wanted if c in df and df[c].notna().any()]
+
+
+def make_report(sweep: str | list[str], out: str | Path, *, tracking_uri: str | None = None,
+                storage_path: str | None = None, compare: list[str] | None = None,
+                compare_tracking_uri: str | None = None) -> Report:
+    """The report of one sweep, or of several sweeps of one grid read as one; ``compare``: other sweeps
+    (files or names) whose claims' verdicts are set beside these (the Scale section)."""
+    sweeps = [sweep] if isinstance(sweep, str) else list(sweep)
+    runs = collect_many(sweeps, tracking_uri=tracking_uri, storage_path=storage_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if not runs.table.empty and "hessian_top_eig" in runs.table:
+        # Kaur, Cohen & Lipton (2022): the raw top eigenvalue scales with 1/lr; lr x eigenvalue compares across
+        # rates, and 2 is gradient descent's edge of stability (Cohen et al. 2021). The rate is the last epoch's.
+        rate = runs.table["final_lr"] if "final_lr" in runs.table else runs.table["lr"]
+        runs.table["lr_x_top_eig"] = rate.fillna(runs.table["lr"]) * runs.table["hessian_top_eig"]
     runs.table.to_csv(out / "runs.csv", index=False)
     df = for_analysis(runs.table)  # collapsed runs' ratios and eigenvalues stay out of every statistic
     report = Report(out, runs)
     problems = pd.DataFrame(runs.problems, columns=["trial_id", "kind", "reason", "run_id"])
     problems.to_csv(out / "problems.csv", index=False)
 
-    markdown = [f"# Sweep {runs.name}", "", f"MLflow: {runs.tracking_uri}, experiment {runs.experiment}", ""]
+    statement = scale_statement(runs.table)
+    markdown = [f"# Sweep {runs.name}", "", f"MLflow: {runs.tracking_uri}, experiment {runs.experiment}", "",
+                "## What was run", "", *[f"- {line}" for line in statement], ""]
     sections = []
     all_ratios: list[str] = []
     for dataset in sorted(df["dataset"].dropna().unique()) if not df.empty else []:
         eps = runs.eps.get(dataset, [])
-        metrics = measurement_keys(eps)
-        all_ratios += [m for m in metrics if "_ratio_" in m and m not in all_ratios]
         part = df[df["dataset"] == dataset]
+        metrics = measurement_keys(eps) + _extra_columns(part, eps)
+        all_ratios += [m for m in measurement_keys(eps) if "_ratio_" in m and m not in all_ratios]
         markdown += [f"## {dataset}", ""]
         blocks = []
         for group in dict.fromkeys(part["group"]):
@@ -93,7 +130,7 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
             markdown += [f"### {group}", "", to_markdown(table), ""]
             blocks.append(f"<h3>{html.escape(group)}</h3>{to_html(table)}")
         images = []
-        for metric in metrics:
+        for metric in [m for m in metrics if m != "lr_x_top_eig"]:
             path = batch_size_figure(df, dataset, metric, out / f"{_slug(dataset)}_{_slug(metric)}_vs_batch.png")
             if path:
                 images.append((path, f"{metric_label(metric)} against batch size (log2 axis): one panel per "
@@ -110,6 +147,14 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
                          f"sample standard deviation over seeds (n runs).</p>{''.join(blocks)}"
                          f"<h3>Figures</h3>{figs}"))
 
+    if runs.search is not None:
+        from .search_section import search_section
+
+        body, lines, figures = search_section(runs.table, runs.problems, runs.search, out, to_html, to_markdown)
+        report.figures += figures
+        sections.insert(0, ("search", f"Search {runs.search.group}: the best trial", body))
+        markdown += lines
+
     study_html = ""
     mnist_eps = runs.eps.get("mnist", [])
     for figure in STUDY_FIGURES if not df.empty and mnist_eps else ():
@@ -124,9 +169,35 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
     if study_html:
         sections.insert(0, ("study-figures", "Figures 1-5, laid out as in the study (MNIST)", study_html))
 
-    findings = findings_table(conclusions(df, mnist_eps))
-    findings.to_csv(out / "conclusions.csv", index=False)
-    report.conclusions = findings
+    claim_results = evaluate_claims(df, runs.eps)
+    report.claims = claims_table(claim_results)
+    report.claims.to_csv(out / "claims.csv", index=False)
+    gaps = autoattack_gap(runs.table, runs.eps)
+    if not gaps.empty:
+        gaps.to_csv(out / "autoattack_gap.csv", index=False)
+        flagged = gaps[gaps["flag"] != ""]
+        shown = gaps.assign(**{c: gaps[c].map(lambda v: f"{v:.4f}") for c in ("pgd_acc", "autoattack_acc", "gap")})
+        sections.append(("autoattack", "PGD against AutoAttack on the same images",
+                         f"<p>Per run and eps: PGD's accuracy and AutoAttack's (APGD-CE + APGD-T) on the images "
+                         f"AutoAttack attacked. {len(flagged)} of {len(gaps)} rows show PGD more than "
+                         f"{GAP_FLAG * 100:g} points above AutoAttack, a sign that PGD was too weak or the gradients "
+                         f"are masked there.</p>{to_html(shown)}"))
+        markdown += ["## PGD against AutoAttack on the same images", "", to_markdown(shown), ""]
+    if compare:
+        other = collect_many(list(compare), tracking_uri=compare_tracking_uri, storage_path=storage_path,
+                             curves=False)
+        scale = compare_verdicts(report.claims, claims_table(evaluate_claims(for_analysis(other.table), other.eps)),
+                                 runs.name, other.name)
+        scale.to_csv(out / "scale.csv", index=False)
+        changed = scale[scale["changed"] != ""]
+        sections.insert(0, ("scale", f"Scale: these verdicts beside those of {other.name}",
+                            f"<p>Each claim's verdict in this sweep ({html.escape(runs.name)}) beside its verdict in "
+                            f"{html.escape(other.name)}, from the same statistics on that sweep's runs: "
+                            f"{len(changed)} of {len(scale)} verdicts changed.</p><div class=\"scroll\">"
+                            f"{to_html(scale)}</div>"))
+        markdown += [f"## Scale: these verdicts beside those of {other.name}", "", to_markdown(scale), ""]
+    report.table2 = table2_beside_ours(df)
+    report.table2.to_csv(out / "table2.csv", index=False)
 
     corr = correlation_table(df, all_ratios) if not df.empty else pd.DataFrame()
     report.correlation = corr
@@ -151,14 +222,17 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
                                          "</figcaption></figure>" if scatter else "")
     problems_html = to_html(problems) if not problems.empty else "<p>None.</p>"
     settings = attack_settings(runs.table)
-    markdown[4:4] = ["## Conclusions", "", to_markdown(findings), "", "## Attack settings", "", settings, ""]
+    markdown[7 + len(statement):7 + len(statement)] = [*claims_markdown(claim_results), "## Attack settings", "", settings, "",
+                     "## The study's Table 2 beside ours", "", TABLE2_NOTE, "", to_markdown(report.table2), ""]
     (out / "tables.md").write_text("\n".join(markdown))
-    toc = [("conclusions", "Conclusions"), ("attacks", "Attack settings"), *[(i, t) for i, t, _ in sections],
+    toc = [("claims", "Claims: the study's findings, tested"), ("attacks", "Attack settings"),
+           ("table2", "The study's Table 2 beside ours (CIFAR-10)"), *[(i, t) for i, t, _ in sections],
            ("curvature", "Curvature and robustness"), ("cost", "Cost"),
            ("problems", "Failed, diverged, collapsed and unfinished trials")]
     report.index.write_text(_PAGE.format(
         name=html.escape(runs.name), uri=html.escape(runs.tracking_uri), experiment=html.escape(runs.experiment),
-        n=len(df), conclusions=to_html(findings), margin=COLLAPSE_MARGIN, chance=CHANCE_ACCURACY,
+        n=len(df), scale="".join(f"<li>{html.escape(line)}</li>" for line in statement),
+        claims=claims_html(claim_results), table2=table2_html(report.table2), margin=COLLAPSE_MARGIN, chance=CHANCE_ACCURACY,
         attacks=html.escape(settings), problems=problems_html, correlation=corr_html,
         cost=to_html(cost) if not cost.empty else "<p>No timings logged.</p>",
         toc="".join(f'<li><a href="#{i}">{html.escape(t)}</a></li>' for i, t in toc),
@@ -167,18 +241,29 @@ def make_report(sweep: str, out: str | Path, *, tracking_uri: str | None = None,
 
 
 _PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>robustsweep report: {name}</title>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>robustsweep report: {name}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1.5em 2em; max-width: 1360px; line-height: 1.4; }}
 h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }}
-nav ol {{ columns: 2; }}
+nav ol {{ padding-left: 2.2em; }}
+nav li {{ break-inside: avoid; }}
+@media (min-width: 44em) {{ nav ol {{ columns: 2; column-gap: 3em; }} }}
+@media (max-width: 30em) {{ body {{ margin: 1em; }} }}
 div.scroll {{ overflow-x: auto; }}
+code {{ overflow-wrap: anywhere; }}
 table.results {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.8em; }}
 table.results th, table.results td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left;
   vertical-align: top; }}
 table.results th {{ background: #f2f2f2; }}
 table.results td.num {{ text-align: right; }}
 span.sd {{ color: #666; font-size: 0.9em; white-space: nowrap; }}
+span.note {{ color: #555; font-size: 0.9em; }}
+table.claims td.statistic {{ font-size: 0.9em; min-width: 30em; }}
+table.claims tr.supported td.verdict {{ background: #e3f4e1; }}
+table.claims tr.contradicted td.verdict {{ background: #f9e0de; }}
+table.claims tr.inconclusive td.verdict {{ background: #f4f1de; }}
+table.claims tr.not-run td.verdict {{ background: #eee; }}
 figure {{ margin: 1em 0 2em; }} img {{ max-width: 100%; height: auto; }}
 figcaption {{ color: #444; font-size: 0.9em; max-width: 70em; }}
 </style></head><body>
@@ -186,13 +271,13 @@ figcaption {{ color: #444; font-size: 0.9em; max-width: 70em; }}
 <p>{n} finished runs from MLflow <code>{uri}</code>, experiment <code>{experiment}</code>.
 Cells are mean ± sample standard deviation over seeds (n = number of runs); attack ratio = attack accuracy /
 clean accuracy on the attacked examples.</p>
+<h2 id="scale-statement">What was run</h2><ul>{scale}</ul>
 <nav><ol>{toc}</ol></nav>
-<h2 id="conclusions">Conclusions</h2>
-<p>Each claim of the study, tested on this sweep's MNIST runs: Spearman's rho of the batch size against
-the measurement (p-value two-sided; exact up to n = 8), over every seed. Supported: every test goes the claimed
-way (p &lt; 0.05 for a trend); contradicted: every test goes against it; inconclusive: mixed or too weak.</p>
-{conclusions}
+<h2 id="claims">Claims: the study's findings, tested</h2>
+{claims}
 <h2 id="attacks">Attack settings</h2><p>{attacks}</p>
+<h2 id="table2">The study's Table 2 beside ours (CIFAR-10)</h2>
+{table2}
 {sections}
 <h2 id="curvature">Curvature and robustness</h2>
 <p>Spearman rank correlation between the top Hessian eigenvalue and each attack ratio, over all finished

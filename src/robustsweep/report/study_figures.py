@@ -17,7 +17,7 @@ from typing import Callable
 import pandas as pd
 
 from ..metrics import CLEAN_ACC, HESSIAN_TOP_EIG, attack_key
-from .figures import _panel_grid, _save, lines_by, metric_label
+from .figures import Lines, _panel_grid, _save, draw_stability_bounds, line_identity, lines_by, metric_label
 
 
 def _plain(df: pd.DataFrame) -> pd.Series:
@@ -37,6 +37,11 @@ def _sgd(df: pd.DataFrame) -> pd.Series:
     return df["variant"] == "sgd"
 
 
+def _has_sgd_variant(runs: pd.DataFrame) -> bool:
+    """"SGD variants": some run is one (Adam and AdamW alone are not)."""
+    return bool((~runs["variant"].astype(str).str.startswith("adam")).any())
+
+
 @dataclass(frozen=True)
 class StudyFigure:
     number: int
@@ -49,14 +54,17 @@ class StudyFigure:
     compares: str
     #: Attack radii drawn as rows (None: every radius of the runs).
     eps: tuple[float, ...] | None = None
+    #: What the title promises beyond ``compares`` (a figure whose runs do not hold it is left out).
+    holds: Callable[[pd.DataFrame], bool] = lambda runs: True
 
 
 STUDY_FIGURES = (
     StudyFigure(1, "MNIST: SGD variants with constant learning rate",
-                lambda d: _constant_rate(d) & _constant_schedule(d) & _plain(d), ("variant", "lr"), "variant"),
+                lambda d: _constant_rate(d) & _constant_schedule(d) & _plain(d), ("variant", "lr"), "variant",
+                holds=_has_sgd_variant),
     StudyFigure(2, "MNIST: SGD variants with constant LR/BS ratio",
                 lambda d: ~_constant_rate(d) & _constant_schedule(d) & _plain(d), ("variant", "lr_batch_ratio"),
-                "variant"),
+                "variant", holds=_has_sgd_variant),
     StudyFigure(3, "Impact of momentum on minibatch SGD",
                 lambda d: _sgd(d) & _constant_rate(d) & _constant_schedule(d) & (d["weight_decay"].fillna(0) == 0),
                 ("momentum", "lr"), "momentum", eps=(0.03,)),
@@ -85,30 +93,32 @@ def study_figure(df: pd.DataFrame, figure: StudyFigure, eps_values: list[float],
     runs = study_runs(df, figure)
     if runs.empty or runs["batch_size"].nunique() < 2:
         return None
-    if figure.compares != "variant" and runs[figure.compares].astype(str).nunique() < 2:
-        return None  # e.g. no momentum runs beside the baseline: nothing to compare
+    if runs[figure.compares].astype(str).nunique() < 2 or not figure.holds(runs):
+        # e.g. no momentum runs beside the baseline, or Adam alone under "SGD variants": the title
+        # would not say what the figure holds
+        return None
     rows = [e for e in (figure.eps or eps_values) if e in eps_values] or eps_values[:1]
     columns = lambda e: [CLEAN_ACC, attack_key("fgsm", "ratio", e), attack_key("pgd", "ratio", e),  # noqa: E731
                          HESSIAN_TOP_EIG]
     fig, axes, spare = _panel_grid(4 * len(rows), width=4.3, height=3.4, max_cols=4, sharey=False)
-    labels = [label for label, _ in study_lines(runs, figure, CLEAN_ACC)]
-    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # one colour per line in every panel
+    lines = Lines()  # a line's colour is its variant's, its style the other setting's, in every panel
     batch_sizes = sorted(int(b) for b in runs["batch_size"].unique())
     for r, e in enumerate(rows):
         for c, metric in enumerate(columns(e)):
             ax = axes[4 * r + c]
             for label, line in study_lines(runs, figure, metric):
-                ax.errorbar(line["batch_size"], line[metric], yerr=line[f"{metric}_std"].fillna(0.0), marker="o",
-                            capsize=3, label=label, color=colours.get(label))
+                variant, setting = line_identity(label, line, runs)
+                lines.add(ax, line["batch_size"], line[metric], line[f"{metric}_std"], variant=variant,
+                          setting=setting)
             ax.set_xscale("log", base=2)
             ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
             ax.minorticks_off()
             if metric == HESSIAN_TOP_EIG:
                 ax.set_yscale("log")
+                draw_stability_bounds(ax, runs)
             ax.set_xlabel("batch size")
             ax.set_title(metric_label(metric), fontsize=9)
             ax.grid(True, alpha=0.3)
-            if c == 0:
-                ax.legend(fontsize=6)
+    lines.draw(fig)
     row_note = "; ".join(f"row {i + 1}: eps = {e:g}" for i, e in enumerate(rows))
     return _save(fig, spare, f"Figure {figure.number}. {figure.title} ({row_note})", path)

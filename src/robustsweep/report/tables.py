@@ -31,23 +31,36 @@ def aggregate(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFra
     return out.reset_index()
 
 
-def fmt_value(mean: float, std: float | None = None, n: int | None = None) -> str:
+def fmt_value(mean: float, std: float | None = None, n: int | None = None, decimals: int | None = None) -> str:
+    """'mean ± std (n=...)'; the mean with ``decimals`` places where given (a table passes its column's),
+    else 4 significant digits from 100 up and 4 decimals below."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return ""
-    text = f"{mean:.4g}" if abs(mean) >= 100 else f"{mean:.4f}"
+    if decimals is not None:
+        text = f"{mean:.{decimals}f}"
+    else:
+        text = f"{mean:.4g}" if abs(mean) >= 100 else f"{mean:.4f}"
     if n is not None and n > 1 and std is not None and not math.isnan(std):
         text += f" ± {std:.2g} (n={n})"
     return text
 
 
 def display_table(agg: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
-    """Strings for display: configuration columns that vary, then 'mean ± std (n)' per metric."""
+    """Strings for display: configuration columns that vary, then 'mean ± std (n)' per metric.
+
+    One format per metric column: 4 decimals where every mean lies in [-1, 1] (accuracies, ratios), else
+    as many as give the column's largest mean 4 significant digits (``151.5`` above ``23.1``, not ``23.1103``)."""
+    def column_decimals(means: pd.Series) -> int:
+        largest = means.abs().max()
+        return 4 if not largest > 1 else max(0, 4 - math.ceil(math.log10(largest)))
+
     varying = [k for k in by if agg[k].nunique(dropna=False) > 1] or by[:1]
+    decimals = {m: column_decimals(agg[m].astype(float)) for m in metrics}
     rows = []
     for _, r in agg.iterrows():
         row = {k: r[k] for k in varying}
         for m in metrics:
-            row[m] = fmt_value(r[m], r[f"{m}_std"], int(r[f"{m}_n"]))
+            row[m] = fmt_value(r[m], r[f"{m}_std"], int(r[f"{m}_n"]), decimals[m])
         for outcome in ("diverged", "collapsed"):
             row[outcome] = f"{int(r[outcome])}/{int(r['runs'])}" if r[outcome] else ""
         rows.append(row)

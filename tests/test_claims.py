@@ -1,0 +1,358 @@
+"""The claims registry, its statistics and its verdict rules, on hand-made runs with known answers.
+
+Claims are referred to by id (``by_id``), never by position in the registry.
+"""
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from robustsweep.report.claims import CLAIMS, SECTION_ORDER, by_id, claims_table, evaluate_claims
+from robustsweep.report.claims.checks import Context
+from robustsweep.report.claims.claim import OPEN_CHOICES, evaluate
+from robustsweep.report.claims.statistics import (Evidence, blocked_spearman, blocked_trend, paired_difference,
+                                                  paired_equivalence, pooled_trend, trend_equivalence)
+from robustsweep.report.claims.verdicts import ALPHA, holm, outcomes, verdict
+
+BATCHES = (32, 64, 128, 256, 512, 1024)
+EPS = {"mnist": [0.03, 0.15]}
+RATIO = 0.00015625
+
+
+def run(**settings) -> dict:
+    """One hand-made finished run: plain SGD at lr 0.01 on MNIST unless told otherwise."""
+    row = {"dataset": "mnist", "variant": "sgd", "lr": 0.01, "lr_batch_ratio": np.nan, "momentum": 0.0,
+           "weight_decay": 0.0, "schedule": "constant", "batch_size": 32, "seed": 0, "diverged": False,
+           "collapsed": False, "clean_acc": 0.95, "hessian_top_eig": 10.0}
+    for eps in (0.03, 0.15):
+        for attack in ("fgsm", "pgd"):
+            row[f"{attack}_ratio_eps{eps}"] = 0.8
+            row[f"{attack}_acc_eps{eps}"] = 0.76
+    row.update(settings)
+    return row
+
+
+def grid(value, seeds=(0, 1, 2), batches=BATCHES, **settings) -> list[dict]:
+    """Runs over seeds x batch sizes; ``value(seed, i)`` gives the measurements of batch size number i."""
+    return [run(seed=s, batch_size=b, **{**settings, **value(s, i)}) for s in seeds for i, b in enumerate(batches)]
+
+
+def every(measurement_value) -> dict:
+    """The same value for clean accuracy and every attack ratio."""
+    keys = ["clean_acc"] + [f"{a}_ratio_eps{e}" for a in ("fgsm", "pgd") for e in (0.03, 0.15)]
+    return {k: measurement_value for k in keys}
+
+
+def verdicts(rows, claim_id: str) -> dict:
+    df = pd.DataFrame(rows)
+    claim = by_id(claim_id)
+    ctx = Context(df)
+    from robustsweep.report.claims.claim import claim_eps
+
+    return {eps: evaluate(claim, ctx, eps, EPS).verdict for eps in claim_eps(claim, EPS)}
+
+
+def result(rows, claim_id: str, eps=None):
+    return evaluate(by_id(claim_id), Context(pd.DataFrame(rows)), eps, EPS)
+
+
+# ------------------------------------------------------------------------------ the verdict rules
+
+
+def test_holm_matches_the_hand_computation():
+    # sorted 0.01, 0.03, 0.04 -> 3 x 0.01, 2 x 0.03, 1 x 0.04, made monotone: 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.2]) == [0.2]
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+
+
+def _evidence(p_for=1.0, p_against=1.0):
+    return Evidence(effect=1.0, n=10, p_for=p_for, p_against=p_against, summary="hand-made")
+
+
+def test_each_verdict_rule():
+    strong_for, strong_against, weak = _evidence(p_for=0.001), _evidence(p_against=0.001), _evidence(p_for=0.2)
+    # rule 2: a sub-test is for, against or unclear after Holm
+    assert [o.outcome for o in outcomes([("a", strong_for), ("b", strong_against), ("c", weak)])] == [
+        "for", "against", "unclear"]
+    # Holm decides: two p = 0.03 are each below alpha alone, but 0.06 after correction for 2 sub-tests
+    pair = outcomes([("a", _evidence(p_for=0.03)), ("b", _evidence(p_for=0.03))])
+    assert [o.outcome for o in pair] == ["unclear", "unclear"] and pair[0].p_holm == pytest.approx(0.06)
+    assert [o.outcome for o in outcomes([("a", _evidence(p_for=0.03))])] == ["for"]
+    # rule 3: supported (all for), contradicted (any against), inconclusive (else), not run (missing)
+    assert verdict(outcomes([("a", strong_for), ("b", strong_for)]), []) == "supported"
+    assert verdict(outcomes([("a", strong_for), ("b", strong_against)]), []) == "contradicted"
+    assert verdict(outcomes([("a", strong_for), ("b", weak)]), []) == "inconclusive"
+    assert verdict(outcomes([("a", strong_for)]), ["no runs of cifar10"]) == "not run"
+    assert verdict([], []) == "not run"
+    assert ALPHA == 0.05
+
+
+def test_too_few_pairs_are_named_as_such():
+    # 6 pairs all one way give Wilcoxon's smallest p, 2/64, which two sub-tests cannot bring under alpha
+    evidence = paired_difference(np.full(6, 0.1) + np.arange(6) * 1e-3, +1)
+    assert evidence.p_for == pytest.approx(2 / 64)
+    (first, _) = outcomes([("a", evidence), ("b", evidence)])
+    assert first.outcome == "unclear" and "cannot reach alpha" in first.line()
+
+
+# ------------------------------------------------------------------------------ the statistics
+
+
+def _offset_blocks(offsets=(0.0, 0.3, 0.6), slope=-0.01):
+    x = np.array(BATCHES, dtype=float)
+    return [(x, off + slope * np.arange(6)) for off in offsets]
+
+
+def test_seed_offset_hides_a_trend_from_the_pooled_test_but_not_from_the_blocked_one():
+    # every seed falls by 0.01 per doubling, but the seeds sit 0.3 apart: pooled, the offsets swamp the
+    # trend; within seeds it is perfect
+    blocks = _offset_blocks()
+    pooled_rho, pooled_p = pooled_trend(blocks)
+    assert pooled_p > 0.05 and abs(pooled_rho) < 0.5
+    pooled_scipy = stats.spearmanr(np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]))
+    assert pooled_rho == pytest.approx(pooled_scipy.statistic) and pooled_scipy.pvalue > 0.05
+    rho, p = blocked_spearman(blocks)
+    assert rho == pytest.approx(-1.0) and p < 0.001
+    evidence = blocked_trend(blocks, -1)
+    assert evidence.p_for < 0.001 and "pooled over seeds" in evidence.summary
+
+
+def test_seed_offset_case_through_a_claim():
+    # the same shape in clean accuracy of constant-lr SGD: the claim is supported, blocked by seed
+    rows = [r for lr in (0.01, 0.1)
+            for r in grid(lambda s, i: {"clean_acc": 0.9 + 0.03 * s - 0.002 * i}, lr=lr)]
+    outcome = result(rows, "mnist-large-batch-lowers-clean-accuracy")
+    assert outcome.verdict == "supported"
+    pooled = [float(m) for m in re.findall(r"pooled over seeds ([-+.0-9]+)", outcome.statistic)]
+    assert len(pooled) == 2 and all(abs(p) < 0.5 for p in pooled)
+
+
+def test_permutation_tests_are_deterministic_and_exact_for_one_seed():
+    rng = np.random.default_rng(4)
+    blocks = [(np.array(BATCHES, float), rng.normal(size=6)) for _ in range(3)]
+    assert blocked_spearman(blocks) == blocked_spearman(blocks)  # seeded: the same p every time
+    # one seed of 6 batch sizes: all 720 orders enumerated; a perfect trend is 2 of them
+    assert blocked_spearman(blocks[:1] and [(blocks[0][0], -np.arange(6.0))])[1] == pytest.approx(2 / 720)
+    x, y = blocks[0]
+    reference = stats.permutation_test((y,), lambda v: stats.spearmanr(x, v).statistic, permutation_type="pairings",
+                                       n_resamples=np.inf)
+    assert blocked_spearman([(x, y)])[1] == pytest.approx(reference.pvalue)
+
+
+def test_equivalence_is_never_the_absence_of_significance():
+    rng = np.random.default_rng(0)
+    tight = rng.normal(0, 0.002, 12)
+    assert paired_equivalence(tight, 0.01, "both", margin_source="m").p_for < 0.01
+    # centred on zero but noisy: no significant difference, and no equivalence either
+    noisy = np.array([0.05, -0.05, 0.04, -0.04, 0.06, -0.06])
+    assert paired_difference(noisy, +1).p > 0.5
+    e = paired_equivalence(noisy, 0.01, "both", margin_source="m")
+    assert e.p_for > 0.05 and e.p_against > 0.05
+    # shifted beyond the margin: shown to differ
+    assert paired_equivalence(tight + 0.05, 0.01, "both", margin_source="m").p_against < 0.001
+    assert paired_equivalence(tight + 0.05, 0.01, "no loss", margin_source="m").p_for < 0.001  # a gain is no loss
+    assert paired_equivalence(tight + 0.05, 0.01, "no gain", margin_source="m").p_against < 0.001
+    # a trend's fitted change across the batch sizes, seed offsets removed
+    flat = [(np.array(BATCHES, float), off + rng.normal(0, 0.001, 6)) for off in (0.0, 0.2, 0.4)]
+    assert trend_equivalence(flat, 0.01, margin_source="m").p_for < 0.01
+    assert trend_equivalence(_offset_blocks(slope=-0.01), 0.01, margin_source="m").p_against < 0.001
+    assert math.isnan(paired_equivalence(tight, math.nan, "both", margin_source="m").effect)  # no margin, no test
+
+
+# ------------------------------------------------------------------------------ claims on hand-made sweeps
+
+
+def _constant_lr(value, seeds=(0, 1, 2)):
+    return [r for lr in (0.01, 0.1) for r in grid(lambda s, i: value(s, i, lr), seeds=seeds, lr=lr)]
+
+
+def test_trend_claims_follow_the_direction():
+    rises = _constant_lr(lambda s, i, lr: {"hessian_top_eig": 10 * 1.5 ** i * (1 + 0.1 * s)})
+    falls = _constant_lr(lambda s, i, lr: {"hessian_top_eig": 10 * 0.7 ** i * (1 + 0.1 * s)})
+    rng = np.random.default_rng(1)
+    noise = _constant_lr(lambda s, i, lr: {"hessian_top_eig": 10 + rng.normal()})
+    claim = "mnist-large-batch-sharpens-minima"
+    assert verdicts(rises, claim) == {None: "supported"}
+    assert verdicts(falls, claim) == {None: "contradicted"}
+    assert verdicts(noise, claim) == {None: "inconclusive"}
+    # robustness claims get a verdict per eps: falling at 0.03, rising at 0.15
+    per_eps = _constant_lr(lambda s, i, lr: {"fgsm_ratio_eps0.03": 0.9 - 0.01 * i, "pgd_ratio_eps0.03": 0.9 - 0.01 * i,
+                                             "fgsm_ratio_eps0.15": 0.2 + 0.02 * i, "pgd_ratio_eps0.15": 0.2 + 0.02 * i})
+    assert verdicts(per_eps, "mnist-large-batch-lowers-robustness") == {0.03: "supported", 0.15: "contradicted"}
+
+
+def _ratio_runs(value, seeds=(0, 1, 2)):
+    return grid(lambda s, i: {**value(s, i), "lr": RATIO * BATCHES[i]}, seeds=seeds, lr_batch_ratio=RATIO)
+
+
+def test_constant_under_the_ratio_is_an_equivalence_against_the_seed_spread():
+    # seed offsets of 0.02 set the margin (the seed SD of each measurement, here 0.02 in every one)
+    flat = _ratio_runs(lambda s, i: every(0.9 + 0.02 * s + 1e-4 * ((i * 7) % 3)))
+    assert verdicts(flat, "mnist-ratio-keeps-accuracy-and-robustness") == {0.03: "supported", 0.15: "supported"}
+    rising = _ratio_runs(lambda s, i: every(0.7 + 0.02 * s + 0.02 * i))  # +0.1 over the range, 5 margins
+    assert set(verdicts(rising, "mnist-ratio-keeps-accuracy-and-robustness").values()) == {"contradicted"}
+    # no trend, but so noisy that the fitted change is not shown to be inside the margin: not "constant"
+    zigzag = _ratio_runs(lambda s, i: every(0.8 + 0.02 * s + (0.04 if i % 2 else -0.04) * (1 if s != 1 else -1)))
+    assert set(verdicts(zigzag, "mnist-ratio-keeps-accuracy-and-robustness").values()) == {"inconclusive"}
+    # the margin is printed beside the statistic
+    assert "±0.02 (margin: seed SD over 6 configurations)" in result(flat, "mnist-ratio-keeps-accuracy-and-robustness",
+                                                                     0.03).statistic
+
+
+def test_no_change_claim_with_its_exception():
+    # weight decay 0.001 changes nothing, except at lr 0.1 with batch sizes <= 64, where it adds 0.3
+    def plain(s, i, lr):
+        return every(0.8 + 0.02 * s)
+
+    def decayed(s, i, lr):
+        gain = 0.3 if lr == 0.1 and BATCHES[i] <= 64 else 0.0
+        return every(0.8 + 0.02 * s + gain + 1e-3 * (i % 2))
+
+    seeds = (0, 1, 2, 3)
+    rows = _constant_lr(plain, seeds) + [
+        r for lr in (0.01, 0.1) for r in grid(lambda s, i: decayed(s, i, lr), seeds=seeds, lr=lr, weight_decay=0.001)]
+    assert verdicts(rows, "mnist-weight-decay-leaves-robustness") == {0.03: "supported", 0.15: "supported"}
+    assert verdicts(rows, "mnist-weight-decay-helps-small-batches") == {0.03: "supported", 0.15: "supported"}
+    # without the exception the same data contradict "unchanged": the small-batch gain is far beyond the margin
+    everywhere = _constant_lr(plain, seeds) + [
+        r for lr in (0.01, 0.1) for r in grid(lambda s, i: every(1.1 + 0.02 * s), seeds=seeds, lr=lr,
+                                              weight_decay=0.001)]
+    assert set(verdicts(everywhere, "mnist-weight-decay-leaves-robustness").values()) == {"contradicted"}
+    assert OPEN_CHOICES["weight_decay"] in result(rows, "mnist-weight-decay-leaves-robustness", 0.03).row()[
+        "open choices"]
+
+
+def test_comparison_claims_and_the_momentum_exception():
+    # momentum helps everywhere except lr 0.1 at batch sizes <= 256, where it collapses to chance
+    def with_momentum(m):
+        def value(s, i, lr):
+            if lr == 0.1 and BATCHES[i] <= 256:
+                return {"clean_acc": 0.11}
+            return {"clean_acc": 0.9 + 0.05 * m + 0.001 * i}
+        return value
+
+    base = _constant_lr(lambda s, i, lr: {"clean_acc": 0.9 + 0.001 * s})
+    rows = base + [r for m in (0.5, 0.9) for lr in (0.01, 0.1)
+                   for r in grid(lambda s, i: with_momentum(m)(s, i, lr), lr=lr, momentum=m)]
+    assert verdicts(rows, "mnist-momentum-raises-clean-accuracy") == {None: "supported"}
+    assert verdicts(rows, "mnist-momentum-at-high-lr-hurts-small-batches") == {None: "supported"}
+    # lr 0.1 beats lr 0.01 in every pair; and the reverse
+    better = _constant_lr(lambda s, i, lr: every(0.8 + (0.05 if lr == 0.1 else 0) + 0.001 * i))
+    worse = _constant_lr(lambda s, i, lr: every(0.8 - (0.05 if lr == 0.1 else 0) + 0.001 * i))
+    assert set(verdicts(better, "mnist-higher-lr-more-accurate-and-robust").values()) == {"supported"}
+    assert set(verdicts(worse, "mnist-higher-lr-more-accurate-and-robust").values()) == {"contradicted"}
+
+
+def test_correlation_claim_across_configurations():
+    rows = [run(variant=v, lr=lr, batch_size=b, hessian_top_eig=h, **every(1 - h / 100))
+            for v, lr, b, h in zip(["sgd", "svrg", "sgdnoise", "sgdselective"] * 3, [0.01, 0.1] * 6,
+                                   [32, 64, 128] * 4, np.linspace(5, 60, 12))]
+    assert verdicts(rows, "mnist-curvature-opposes-accuracy-and-robustness") == {0.03: "supported", 0.15: "supported"}
+    flipped = [{**r, "hessian_top_eig": 70 - r["hessian_top_eig"]} for r in rows]
+    assert set(verdicts(flipped, "mnist-curvature-opposes-accuracy-and-robustness").values()) == {"contradicted"}
+
+
+def test_not_run_names_what_is_missing():
+    rows = _constant_lr(lambda s, i, lr: {})
+    out = result(rows, "cifar-weight-decay-leaves-attack-accuracy", 0.02)
+    assert out.verdict == "not run"
+    assert "no runs of cifar10, variant sgd, constant lr, lr 0.01, momentum 0, weight decay 0.005" in out.statistic
+    # an eps the sweep did not attack at
+    assert result(rows, "mnist-ratio-variants-beat-sgd-at-strong-pgd", 0.15).verdict == "not run"
+    assert evaluate(by_id("mnist-ratio-variants-beat-sgd-at-strong-pgd"), Context(pd.DataFrame(rows)), 0.15,
+                    {"mnist": [0.03]}).lines == ["the sweep attacked mnist at eps 0.03, not at 0.15"]
+
+
+def test_cifar_claim_on_handmade_table2_runs():
+    # SVRG flatter than SGD in both of Table 2's regimes, 3 seeds each: 6 pairs, one sub-test
+    rows = [run(dataset="cifar10", variant=v, lr=lr, schedule=sched, batch_size=128, seed=s,
+                hessian_top_eig=(30.0 if v == "sgd" else 20.0) * (1 + 0.05 * s), **{"fgsm_acc_eps0.02": 0.1})
+            for v in ("sgd", "svrg") for lr, sched in ((0.1, "step"), (0.01, "constant")) for s in range(3)]
+    assert verdicts(rows, "cifar-svrg-flatter-than-sgd") == {None: "supported"}
+
+
+# ------------------------------------------------------------------------------ the registry and claims.csv
+
+
+def test_registry_covers_the_study():
+    ids = [c.id for c in CLAIMS]
+    assert len(ids) == len(set(ids))
+    assert sum(c.dataset == "mnist" for c in CLAIMS) >= 18 and sum(c.dataset == "cifar10" for c in CLAIMS) >= 8
+    section = re.compile(r"^(3\.4\.[123]|4 \(take-away [1-4]\))(; (3\.4\.[123]|4 \(take-away [1-4]\)))*$")
+    assert all(section.match(c.section) for c in CLAIMS), [c.section for c in CLAIMS if not section.match(c.section)]
+    assert {c.primary_section() for c in CLAIMS} == set(SECTION_ORDER)  # every take-away and section
+    text = " ".join(c.claim for c in CLAIMS)
+    assert "Kamath" not in text and "2006.11604" not in text
+    # open choices are named beside the claims that rest on them
+    assert OPEN_CHOICES["sgdnoise"] in by_id("mnist-noisy-sgd-and-svrg-beat-sgd-at-weak-fgsm").open_choices()
+    assert OPEN_CHOICES["sgdselective"] in by_id("mnist-ratio-selective-backprop-beats-sgd-at-large-batch").open_choices()
+    assert OPEN_CHOICES["weight_decay"] in by_id("cifar-weight-decay-leaves-attack-accuracy").open_choices()
+    assert by_id("mnist-higher-lr-more-accurate-and-robust").open_choices() == []
+
+
+def test_claims_table_has_a_row_per_claim_and_eps():
+    table = claims_table(evaluate_claims(pd.DataFrame([run()]), EPS))
+    assert {"id", "section", "dataset", "eps", "claim", "statistic", "verdict"} <= set(table.columns)
+    rows = table.set_index(["id", "eps"])
+    assert set(rows.loc["mnist-large-batch-lowers-robustness"].index) == {"0.03", "0.15"}
+    assert list(rows.loc["mnist-large-batch-sharpens-minima"].index) == [""]
+    assert list(rows.loc["mnist-noisy-sgd-and-svrg-beat-sgd-at-weak-fgsm"].index) == ["0.03"]
+    assert list(rows.loc["cifar-adam-less-robust-than-sgd"].index) == ["0.02"]  # the study's CIFAR-10 eps
+    # take-aways first
+    assert list(dict.fromkeys(table["section"].str.split(";").str[0]))[:4] == list(SECTION_ORDER[:4])
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "results" / "table1-mnist-cpu" / "claims.csv"
+
+
+@pytest.mark.skipif(not COMMITTED.exists(), reason="no committed study run")
+def test_the_committed_study_run_has_every_claim():
+    table = pd.read_csv(COMMITTED, keep_default_na=False)
+    assert table[table["dataset"] == "mnist"]["id"].nunique() >= 18
+    assert table[table["dataset"] == "cifar10"]["id"].nunique() >= 8
+    assert table["section"].str.match(r"^(3\.4\.[123]|4 \(take-away [1-4]\))").all()
+    assert not table.apply(lambda col: col.astype(str).str.contains("Kamath|2006.11604")).any().any()
+    assert set(table[table["dataset"] == "cifar10"]["verdict"]) == {"not run"}
+
+
+# ------------------------------------------------------------------------------ Table 2 beside ours
+
+SHARED_TABLE2 = Path(__file__).resolve().parents[2] / "shared" / "study" / "table2.csv"
+
+
+def test_table2_is_the_studys_published_table():
+    from robustsweep.report.study_table2 import published
+
+    table = published()
+    assert len(table) == 17 and table["regime"].iloc[0] == "lr = 0.1 step sgd"
+    assert table.loc[table["regime"] == "lr = 0.0005 adam", "hessian_top_eig"].item() == pytest.approx(1863.31)
+    if SHARED_TABLE2.exists():  # the transcription it was copied from
+        pd.testing.assert_frame_equal(table, pd.read_csv(SHARED_TABLE2))
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'"robustsweep.report" = \["study_table2.csv"\]', pyproject)  # shipped as package data
+
+
+def test_table2_beside_ours_shows_mean_sd_n_and_the_difference():
+    from robustsweep.report.study_table2 import table2_beside_ours
+
+    rows = [run(dataset="cifar10", lr=0.01, batch_size=128, seed=s, clean_acc=acc, hessian_top_eig=400.0,
+                **{"fgsm_acc_eps0.02": 0.06, "pgd_acc_eps0.02": 0.04})
+            for s, acc in enumerate((0.75, 0.77, 0.79))]
+    rows.append(run(dataset="cifar10", lr=0.005, lr_batch_ratio=RATIO, batch_size=32, clean_acc=0.84))  # no eps 0.02
+    table = table2_beside_ours(pd.DataFrame(rows)).set_index("regime")
+    sgd = table.loc["lr = 0.01 sgd"]
+    assert len(sgd) == 2  # printed in two of the study's sections, one configuration
+    first = sgd.iloc[0]
+    assert first["clean accuracy, %: study"] == "77.11"
+    assert first["clean accuracy, %: ours"] == "77 ± 2 (n=3)"
+    assert first["clean accuracy, %: difference"] == f"{100 * (77 - 77.11) / 77.11:+.1f}%"
+    assert first["top eigenvalue: ours"] == "400 ± 0 (n=3)" and first["top eigenvalue: difference"] == "+4.9%"
+    assert table.loc["lr = 0.1 step sgd", "clean accuracy, %: ours"] == "not run"
+    ratio = table.loc["lr/bs (bs=32)"]
+    assert ratio["clean accuracy, %: ours"] == "84" and ratio["PGD accuracy, %: ours"] == "not run at eps 0.02"
