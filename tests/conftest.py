@@ -84,8 +84,9 @@ def mlflow_uri(tmp_path, _empty_mlflow_store) -> str:
 
 @pytest.fixture(autouse=True)
 def _isolated_cwd(tmp_path, monkeypatch):
-    """Tests never write into the checkout."""
+    """Tests never write into the checkout, nor their local copies of runs (robustsweep.run_cache) into ~/.cache."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ROBUSTSWEEP_CACHE_DIR", str(tmp_path / "run-cache"))
 
 
 def write_cifar_batches(root: Path, n_train: int = 64, n_test: int = 32, seed: int = 0) -> Path:

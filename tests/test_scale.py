@@ -92,10 +92,12 @@ class _Count:
         return False
 
 
-def test_the_shared_read_of_a_sweep_makes_as_many_queries_for_16_runs_as_for_4(tmp_path):
+def test_the_shared_read_of_a_sweep_makes_as_many_queries_for_16_runs_as_for_4(tmp_path, monkeypatch):
     # status, audit, export and the report each read the sweep's runs (one paged search) and, where they need
     # them, the metric histories in bulk (one call per metric key): the number of store calls and SQL
     # statements does not grow with the number of runs. Before issue 23, export made 27 history calls a run.
+    # The full reads, without the local copy of ended runs (its warm reads: tests/test_run_cache.py).
+    monkeypatch.setenv("ROBUSTSWEEP_RUN_CACHE", "off")
     from robustsweep.archive import export_runs
     from robustsweep.audit import audit
     from robustsweep.report.collect import collect

@@ -176,6 +176,7 @@ def import_runs(path: str | os.PathLike, uri: str, experiment: str, sweep: str,
     """Recreate the exported runs of ``sweep`` in ``experiment`` at ``uri``, nested under the sweep's parent
     run; skip trials already FINISHED there. ``names``: trial id -> run name, for runs exported under their
     trial id (before runs were named by what they are) and for the sweep's runs there not yet nested."""
+    from .run_cache import bump_generation
     from .runs import trial_runs, trial_state
     from .sweep_run import PARENT_TAG, adopt, summarize, trial_counts
     from .tracking import analyze_sqlite
@@ -205,6 +206,7 @@ def import_runs(path: str | os.PathLike, uri: str, experiment: str, sweep: str,
         done.add(record["trial_id"])
         imported += 1
     if imported:
+        bump_generation(client, parent_id)  # runs with their exported (earlier) end times: re-read local copies
         analyze_sqlite(uri)  # fresh statistics for the query planner (see tracking.analyze_sqlite)
     if names:
         summarize(client, parent_id, trial_counts(names, trial_runs(client, target.experiment_id, sweep)), len(names))

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .runs import metric_histories, read_sweep_runs, trial_state
+from .runs import metric_histories, read_sweep_runs_cached, trial_state
 from .saved_sweep import resolve
 from .sweep import SweepOverrides
 from .sweep_run import PARENT_TAG, find_parents
@@ -93,6 +93,10 @@ class Audit:
         return out
 
 
+#: The run_cache fact audit keeps for an ended run: its (metric key, steps logged more than once).
+REPEATED_STEPS = "repeated_steps"
+
+
 def _repeated_steps(histories: dict[str, list]) -> list[tuple[str, list[int]]]:
     """(metric key, steps logged more than once) of one run, from its metric histories."""
     out = []
@@ -111,13 +115,27 @@ def audit(sweep: str, tracking_uri: str | None = None, storage_path: str | None 
 
     resolved = resolve(sweep, tracking_uri, storage_path, overrides)
     name = resolved.name
-    client, experiment_id, runs = read_sweep_runs(resolved.tracking_uri, resolved.experiment, name)
+    client, experiment_id, runs, cache = read_sweep_runs_cached(resolved.tracking_uri, resolved.experiment, name)
     ids = [t.trial_id for t in resolved.trials]
     if resolved.search is not None:  # the trials sampled so far
         ids += searched_ids(runs, resolved.search.group)
-    # every point of every metric of every run of the sweep, in bulk: one call per metric key and chunk of runs
+    # every point of every metric of the sweep's runs, in bulk (one call per metric key and chunk of runs), for
+    # the steps logged twice: an ended run's were found by an earlier audit (kept in the cache) or are read now
     expected = set(ids)
-    histories = metric_histories(client, [run for trial_id in expected for run in runs.get(trial_id, [])])
+    repeated: dict[str, list] = {}
+    unread = []
+    for run in (run for trial_id in expected for run in runs.get(trial_id, [])):
+        known = cache.fact(run.info.run_id, REPEATED_STEPS) if cache is not None else None
+        if known is None:
+            unread.append(run)
+        else:
+            repeated[run.info.run_id] = [(key, steps) for key, steps in known]
+    for run_id, histories in metric_histories(client, unread).items():
+        repeated[run_id] = _repeated_steps(histories)
+        if cache is not None:
+            cache.remember(run_id, REPEATED_STEPS, repeated[run_id])
+    if cache is not None:
+        cache.save()
     result = Audit(name, len(ids), 0)
     if resolved.search is not None:
         sampled = len(ids) - len(resolved.trials)
@@ -136,8 +154,7 @@ def audit(sweep: str, tracking_uri: str | None = None, storage_path: str | None 
         else:
             lists[state].append(trial_id)
         for run in mine:
-            result.repeated_steps += [(trial_id, key, steps)
-                                      for key, steps in _repeated_steps(histories[run.info.run_id])]
+            result.repeated_steps += [(trial_id, key, steps) for key, steps in repeated[run.info.run_id]]
     result.stray = sorted(t for t in runs if t not in expected)
     result.parents = [p.info.run_id for p in find_parents(client, experiment_id, name)] if experiment_id else []
     result.not_nested = sorted(t for t in expected for run in runs.get(t, [])[:1]

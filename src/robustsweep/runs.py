@@ -80,6 +80,19 @@ def read_sweep_runs(uri: str, experiment: str, sweep: str) -> tuple[Any, str | N
     return client, (exp.experiment_id if exp else None), (trial_runs(client, exp.experiment_id, sweep) if exp else {})
 
 
+def read_sweep_runs_cached(uri: str, experiment: str, sweep: str) -> tuple[Any, str | None, dict[str, list[Any]], Any]:
+    """:func:`read_sweep_runs` through the local copy of the sweep's ended runs (robustsweep.run_cache), with
+    that copy (None where there is no experiment or the cache is off): for status, audit and the report."""
+    from .run_cache import cached_trial_runs
+
+    client = make_client(uri, read_only=True)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return client, None, {}, None
+    runs, cache = cached_trial_runs(client, uri, exp.experiment_id, sweep)
+    return client, exp.experiment_id, runs, cache
+
+
 def metric_histories(client, runs: list[Any], keys: list[str] | None = None) -> dict[str, dict[str, list[Any]]]:
     """Every logged point of the runs' metrics (only ``keys``, when given): run id -> key -> points sorted by
     (step, timestamp). In bulk: one call per metric key and chunk of runs (see above); run by run only on a
@@ -237,7 +250,7 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
     from .sweep_run import parent_run_id
 
     saved = load_saved_sweep(name, storage_path)
-    client, experiment_id, runs = read_sweep_runs(saved.tracking_uri, saved.experiment, name)
+    client, experiment_id, runs, _ = read_sweep_runs_cached(saved.tracking_uri, saved.experiment, name)
     driver = driver_state(saved.storage_path, name)
     counts = {k: 0 for k in STATUS_KEYS}
     failures = []

@@ -95,6 +95,10 @@ def adopt(client, parent_id: str, runs: Iterable[Any], names: Mapping[str, str])
         if trial_id in names and run.info.run_name == trial_id:
             _retry_locked(client.set_tag)(run.info.run_id, "mlflow.runName", names[trial_id])
         count += 1
+    if count:
+        from .run_cache import bump_generation
+
+        bump_generation(client, parent_id)  # tags changed on ended runs: local copies of them are stale
     return count
 
 

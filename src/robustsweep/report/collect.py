@@ -18,7 +18,7 @@ from ..errors import UserError
 from .. import measurements
 from ..metrics import (ATTACKED_CLEAN_ACC, REACHED_STOP_TRAIN_ACC, STOPPED_EPOCH, measurement_keys,
                        phase_seconds_key)
-from ..runs import metric_histories, read_sweep_runs, trial_state
+from ..runs import metric_histories, read_sweep_runs_cached, trial_state
 from ..saved_sweep import resolve
 
 #: Settings that describe a trial's configuration in tables and legends, in this order.
@@ -69,7 +69,7 @@ def collect(sweep: str, *, tracking_uri: str | None = None, storage_path: str | 
     resolved = resolve(sweep, tracking_uri, storage_path)
     name, uri, experiment, trials, search = (resolved.name, resolved.tracking_uri, resolved.experiment,
                                              resolved.trials, resolved.search)
-    client, _, runs = read_sweep_runs(uri, experiment, name)
+    client, _, runs, _ = read_sweep_runs_cached(uri, experiment, name)
     runs.pop("", None)
     if not any(runs.values()):
         raise UserError(f"Sweep {name!r} has no runs in MLflow experiment {experiment!r} at {uri}. Launch it "
