@@ -279,6 +279,8 @@ def test_sigterm_to_the_driver_then_an_emptied_ray_state_still_resumes(tmp_path,
     out = (tmp_path / "driver.log").read_text()
     assert "interrupted: robustsweep resume termed" in out, out[-3000:]
     assert "SIGTERM received" not in out and "Traceback" not in out, out[-3000:]
+    # a trial Tune stopped at its report is interrupted, not pruned: a grid has no scheduler
+    assert not [r for r in _finished(mlflow_uri, "termed") if r.data.tags.get("outcome") == "pruned"]
     for state in [*experiment_dir.glob("basic-variant-state-*.json"), *experiment_dir.glob("experiment_state-*.json")]:
         state.write_bytes(b"")
 

@@ -489,3 +489,34 @@ def test_a_server_that_asks_for_a_login_gets_the_credentials_and_a_wrong_one_is_
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_grid_trial_tune_stops_at_a_report_is_interrupted_never_pruned(tmp_path, mnist_root, monkeypatch):
+    # Stopping a sweep (Ctrl-C, SIGTERM, the guard) makes Ray Tune end each running trial with SystemExit(0)
+    # from its next report, as ASHA's stop does in a search. A grid trial has no scheduler: its run must end
+    # FAILED with a reason, not FINISHED as pruned, or `resume` would take it for done (CI once lost a trial so).
+    import ray
+    from ray import tune
+
+    from robustsweep import launch as launch_module
+
+    spec = load_sweep(tiny_sweep(tmp_path, mnist_root, groups="[{name: g, set: {epochs: 3}}]"))
+    trial = spec.trials[0]
+    reports = []
+
+    def report(metrics, **kw):
+        reports.append(metrics)
+        if metrics.get("epoch") == 2:
+            raise SystemExit(0)  # what Tune's function session raises when it ends the trial
+
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: type("C", (), {"get_node_id": lambda self: "n1"})())
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(tune, "report", report)
+    with pytest.raises(SystemExit) as stopped:
+        launch_module.ray_trainable({"trial": trial.to_json(), "sweep": "s"})
+    assert stopped.value.code == 0 and [r["epoch"] for r in reports] == [1, 2]
+    client = MlflowClient(spec.tracking_uri)
+    (run,) = trial_runs_only(client.search_runs([client.get_experiment_by_name("s").experiment_id]))
+    assert run.info.status == "FAILED" and run.data.tags.get("outcome") != "pruned"
+    assert "the sweep stopped while this trial ran (after its epoch 2)" in run.data.tags["error"]
+    assert run.data.tags["retryable"] == "1"

@@ -160,6 +160,27 @@ _SAVED_TRIALS: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
 _SEARCH = " search"
 
 
+class TrialInterrupted(SystemExit):
+    """Ray Tune ended a trial of a sweep without a scheduler at an epoch's report: the sweep is stopping. The
+    trial's run ends FAILED with this text (never FINISHED), and the worker exits as Tune meant (code 0)."""
+
+    def __init__(self, epoch: int):
+        super().__init__(0)
+        self.epoch = epoch
+
+    def __str__(self) -> str:
+        return (f"the sweep stopped while this trial ran (after its epoch {self.epoch}): `robustsweep resume` "
+                f"continues it from that epoch's checkpoint")
+
+
+def _scheduled(params: dict[str, Any]) -> bool:
+    """Whether the trial is a search's, under a scheduler (ASHA) that may stop it early."""
+    if "sample" not in params or not params.get("experiment_dir"):
+        return False
+    search = _SAVED_TRIALS.get(params["experiment_dir"], (None, {}))[1].get(_SEARCH)
+    return search is not None and search.scheduler is not None
+
+
 def trial_of(params: dict[str, Any]) -> Trial:
     """The trial a Tune config names: read from the saved sweep (``<experiment_dir>/robustsweep-sweep.json``)
     by its id, built from a search's sample (``sample``) and the saved search's template, or, in a Tuner state
@@ -238,6 +259,7 @@ def ray_trainable(params: dict[str, Any]) -> None:
         return
     if fallback:
         _print_flush(f"robustsweep: {trial.trial_id}: {fallback}")
+    scheduled = _scheduled(params)
 
     def on_epoch_end(epoch: int, metrics, state: Callable[[], dict[str, Any]]) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -250,11 +272,15 @@ def ray_trainable(params: dict[str, Any]) -> None:
                 tune.report({**metrics, "epoch": epoch, PLANNED_EPOCHS: planned},
                             checkpoint=tune.Checkpoint.from_directory(folder))
             except SystemExit as exc:
-                # Tune's function session ends a trial its scheduler stopped (ASHA) with SystemExit(0) from the
-                # report the scheduler answered: the trial is pruned, not failed.
-                if exc.code in (0, None):
+                # Tune's function session ends a trial with SystemExit(0) from its report when it stops the trial:
+                # its scheduler's decision (ASHA: pruned, not failed), or the sweep stopping (Ctrl-C, SIGTERM,
+                # the guard). A sweep without a scheduler has only the second: the trial was interrupted, and
+                # its run must not end FINISHED, or `resume` would never continue it.
+                if exc.code not in (0, None):
+                    raise
+                if scheduled:
                     raise TrialStopped() from None
-                raise
+                raise TrialInterrupted(epoch) from None
 
     tags = {"sweep": sweep, "trial_id": trial.trial_id, "group": trial.group, "mode": "ray",
             "ray_node_id": ray.get_runtime_context().get_node_id(), **_flags_tag(params.get("flags", "")),
