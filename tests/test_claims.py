@@ -356,3 +356,12 @@ def test_table2_beside_ours_shows_mean_sd_n_and_the_difference():
     assert table.loc["lr = 0.1 step sgd", "clean accuracy, %: ours"] == "not run"
     ratio = table.loc["lr/bs (bs=32)"]
     assert ratio["clean accuracy, %: ours"] == "84" and ratio["PGD accuracy, %: ours"] == "not run at eps 0.02"
+
+
+def test_a_paired_test_over_thousands_of_pairs_gives_evidence_not_an_overflow():
+    # a 10,000-run sweep pairs thousands of runs in one comparison: the floor of the exact test's p-value,
+    # 2 / 2^n, must stay a float (0.0 here), as the report at that size found when it was 2 / 2 ** n
+    rng = np.random.default_rng(0)
+    evidence = paired_difference(rng.normal(0.01, 0.02, size=5000), +1)
+    assert evidence.n == 5000 and evidence.p_for < 1e-6 and evidence.floor == 0.0
+    assert paired_difference(np.array([0.1, 0.2, 0.3]), +1).floor == 2 / 2 ** 3

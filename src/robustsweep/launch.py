@@ -20,7 +20,7 @@ from .ray_backend import (STATE_FILE, _Guard, _check_cluster_resources, _collect
                           _set_aside_ray_state, _settle_auto_gpu, _trainable_with_resources, ray_trainable,
                           read_checkpoint_state, read_resume_state)
 from .results import SweepResult, _row
-from .runs import STATUS_KEYS, SweepStatus, read_sweep_runs, status, trial_runs, trial_state
+from .runs import STATUS_KEYS, SweepStatus, read_sweep_runs_cached, status, trial_runs, trial_state
 from .saved_sweep import (DEFAULT_STORAGE, SWEEP_FILE, SavedSweep, _save_spec, load_saved_sweep, resolve_storage,
                           resolve_sweep, spec_json_bytes, spec_to_json)
 from .storage import check_driver, driver_record, storage_file
@@ -89,7 +89,7 @@ def _sweep_parent(spec: "SweepSpec | SavedSweep", trials: list[Trial], runs: dic
         # the record of the trials is theirs: a summary lost is said, never raised, and a search's record lost
         # still leaves the counts and the end status
         try:
-            now = read_sweep_runs(spec.tracking_uri, spec.experiment, spec.name)[2]
+            now = read_sweep_runs_cached(spec.tracking_uri, spec.experiment, spec.name)[2]
             if search is not None:
                 try:
                     record_search(client, parent_id, search, now)
@@ -106,12 +106,13 @@ def _parent_not_updated(log: Callable[[str], None], parent_id: str, exc: BaseExc
 
 
 def _sweep_runs(uri: str, experiment: str, name: str) -> dict[str, list[Any]]:
-    """The sweep's runs by trial id (runs.trial_runs: one bulk read), {} where there is no store or experiment
-    yet (nothing is created here: the preflight checks come first)."""
+    """The sweep's runs by trial id (runs.trial_runs: one bulk read, through the local copy of its ended runs,
+    robustsweep.run_cache: a FINISHED run there is one in MLflow, unless deleted, which the copy asks for), {}
+    where there is no store or experiment yet (nothing is created here: the preflight checks come first)."""
     from .errors import TrackingError
 
     try:
-        return read_sweep_runs(uri, experiment, name)[2]
+        return read_sweep_runs_cached(uri, experiment, name)[2]
     except TrackingError:
         if uri.startswith("sqlite:///"):
             return {}  # no store yet

@@ -79,7 +79,7 @@ class SearchProgress(Callback):
         self._update()
 
     def _update(self) -> None:
-        from .runs import read_sweep_runs, sweep_parent_id
+        from .runs import read_sweep_runs_cached, sweep_parent_id
         from .sweep_run import record_search, summarize, sweep_counts
         from .tracking import make_client
 
@@ -90,7 +90,7 @@ class SearchProgress(Callback):
             parent_id = sweep_parent_id(self.uri, self.experiment, self.sweep)
             if parent_id is None:
                 return
-            client, runs = make_client(self.uri), read_sweep_runs(self.uri, self.experiment, self.sweep)[2]
+            client, runs = make_client(self.uri), read_sweep_runs_cached(self.uri, self.experiment, self.sweep)[2]
             summarize(client, parent_id, *sweep_counts([], runs, self.search))
             record_search(client, parent_id, self.search, runs)
         except Exception as exc:  # never the sweep's end: the driver records it again when it stops

@@ -144,8 +144,9 @@ def pooled_trend(blocks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, fl
 
 
 def smallest_wilcoxon_p(n: int) -> float:
-    """The smallest two-sided p-value an exact signed-rank (or sign) test can give with n pairs: 2 / 2^n."""
-    return min(1.0, 2.0 / 2 ** n) if n > 0 else 1.0
+    """The smallest two-sided p-value an exact signed-rank (or sign) test can give with n pairs: 2 / 2^n (as a
+    float power: 2 ** n for n > 1023 pairs, a 10,000-run sweep's, is an int too large for a float)."""
+    return min(1.0, 2.0 ** (1 - n)) if n > 0 else 1.0
 
 
 def paired_difference(differences: np.ndarray, sign: int, *, units: str = "pairs", log_scale: bool = False) -> Evidence:
