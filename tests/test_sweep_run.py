@@ -92,9 +92,13 @@ def test_runs_logged_before_parents_existed_are_adopted_and_renamed_by_the_next_
 
 
 def test_a_legacy_export_imports_under_a_new_parent_and_a_new_export_carries_it(tmp_path, capsys):
-    legacy = REPO / "results" / "table1-mnist" / "runs.jsonl"
+    # an export as written before parents: the study run's, without its parent's record, runs named by trial id
+    committed = [json.loads(line) for line in (REPO / "results" / "table1-mnist" / "runs.jsonl").read_text().splitlines()]
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text("".join(json.dumps({**r, "run_name": r["trial_id"]}) + "\n" for r in committed
+                              if r.get("kind") != "sweep"))
     count = len(legacy.read_text().splitlines())
-    assert all("kind" not in json.loads(line) for line in legacy.read_text().splitlines())  # written before parents
+    assert count and all("kind" not in json.loads(line) for line in legacy.read_text().splitlines())
     for _ in range(2):  # importing twice makes no second parent
         assert main(["import", str(legacy), str(REPO / "sweeps" / "table1.yaml"), *STUDY_FLAGS]) == 0
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # --local: ./mlflow.db
