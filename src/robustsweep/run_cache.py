@@ -154,27 +154,13 @@ def _load(path: Path, generation: str) -> SweepRunCache | None:
         return None
 
 
-def _search_all(client, experiment_id: str, filter_string: str, view=None) -> list[Any]:
-    from .runs import SEARCH_PAGE
-
-    out, token = [], None
-    while True:
-        kwargs = {"run_view_type": view} if view is not None else {}
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=SEARCH_PAGE,
-                                  page_token=token, **kwargs)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
-
-
 def cached_trial_runs(client, uri: str, experiment_id: str, sweep: str) -> tuple[dict[str, list[Any]],
                                                                                   SweepRunCache | None]:
     """The sweep's trial runs by trial id, newest first, as :func:`robustsweep.runs.trial_runs` gives them, read
     through the local copy (and the copy, for facts derived from its runs; None where the cache is off)."""
     from mlflow.entities import ViewType
 
-    from .runs import _bulk_objects, trial_runs
+    from .runs import _bulk_objects, search_all, trial_runs
     from .sweep_run import find_parents, is_parent
     from .tracking import filter_value
 
@@ -187,7 +173,7 @@ def cached_trial_runs(client, uri: str, experiment_id: str, sweep: str) -> tuple
     path = cache_dir() / f"{key}.json"
     ours = f"tags.sweep = {filter_value(sweep)}"
     with _bulk_objects():
-        deleted = {r.info.run_id for r in _search_all(client, experiment_id, ours, ViewType.DELETED_ONLY)}
+        deleted = {r.info.run_id for r in search_all(client, experiment_id, ours, view=ViewType.DELETED_ONLY)}
         cache = _load(path, generation)
         if cache is not None and cache.deleted - deleted:  # a deleted run restored, or purged: read it all
             cache = None
@@ -199,7 +185,7 @@ def cached_trial_runs(client, uri: str, experiment_id: str, sweep: str) -> tuple
             fresh = [run for query in (f"{ours} and attributes.end_time >= {since}",
                                        f"{ours} and attributes.status = 'RUNNING'",
                                        f"{ours} and attributes.status = 'SCHEDULED'")
-                     for run in _search_all(client, experiment_id, query) if not is_parent(run)]
+                     for run in search_all(client, experiment_id, query) if not is_parent(run)]
         for run_id in deleted & cache.runs.keys():
             del cache.runs[run_id]
             cache.changed = True

@@ -58,19 +58,27 @@ def trial_runs(client, experiment_id: str, sweep: str) -> dict[str, list[Any]]:
         return _trial_runs(client, experiment_id, sweep)
 
 
-def _trial_runs(client, experiment_id: str, sweep: str) -> dict[str, list[Any]]:
-    runs: dict[str, list[Any]] = {}
-    token = None
+def search_all(client, experiment_id: str, filter_string: str, *, order_by: list[str] | None = None,
+               view=None) -> list[Any]:
+    """Every run the search matches, one page of SEARCH_PAGE runs at a time; ``view``: MLflow's ViewType."""
+    out, token = [], None
     while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.sweep = {filter_value(sweep)}",
-                                  max_results=SEARCH_PAGE, order_by=["attributes.start_time DESC"],
-                                  page_token=token)
-        for run in page:
-            if run.data.tags.get("kind") != "sweep":  # the sweep's parent run (robustsweep.sweep_run) is no trial's
-                runs.setdefault(run.data.tags.get("trial_id", ""), []).append(run)
+        kwargs = {"run_view_type": view} if view is not None else {}
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=SEARCH_PAGE,
+                                  order_by=order_by, page_token=token, **kwargs)
+        out.extend(page)
         token = page.token
         if not token:
-            return runs
+            return out
+
+
+def _trial_runs(client, experiment_id: str, sweep: str) -> dict[str, list[Any]]:
+    runs: dict[str, list[Any]] = {}
+    for run in search_all(client, experiment_id, f"tags.sweep = {filter_value(sweep)}",
+                          order_by=["attributes.start_time DESC"]):
+        if run.data.tags.get("kind") != "sweep":  # the sweep's parent run (robustsweep.sweep_run) is no trial's
+            runs.setdefault(run.data.tags.get("trial_id", ""), []).append(run)
+    return runs
 
 
 def read_sweep_runs(uri: str, experiment: str, sweep: str) -> tuple[Any, str | None, dict[str, list[Any]]]:
