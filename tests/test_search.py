@@ -266,11 +266,33 @@ def _ray_knows_unfinished(experiment_dir: Path) -> bool:
     return False
 
 
+def _resumable(uri, experiment_dir: Path) -> bool:
+    """At least two trials have FINISHED runs, not all eight, and an unfinished trial has a checkpoint both in Ray's
+    state and in its own folder (what a new searcher over an emptied state continues from), its MLflow run still
+    RUNNING (not being pruned)."""
+    runs = _runs(uri, "searched")[1]
+    done = [r for r in runs if r.info.status == "FINISHED"]
+    running = [r for r in runs if r.info.status == "RUNNING"
+               and list((experiment_dir / r.data.tags["trial_id"]).glob("checkpoint_*/trial_state.pt"))]
+    return 2 <= len(done) < 8 and bool(running) and _ray_knows_unfinished(experiment_dir)
+
+
+def _kill_session(driver: subprocess.Popen) -> None:
+    """SIGKILL to every process of the driver's session: Ray's trial workers have process groups of their own, so
+    a kill of the driver's group leaves them to notice the raylet's end (and write to MLflow) a moment later."""
+    subprocess.run(["pkill", "-9", "-s", str(driver.pid)], check=False)
+    driver.wait(30)
+    deadline = time.time() + 30
+    while time.time() < deadline and subprocess.run(["pgrep", "-s", str(driver.pid)],
+                                                     capture_output=True).returncode == 0:
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("ray_state", ["restored", "emptied"])
 def test_a_search_killed_in_the_middle_resumes_to_exactly_its_samples_one_run_each(tmp_path, mnist_root,
                                                                                      mlflow_uri, ray_state):
-    # The driver's whole process group is killed once two trials have FINISHED runs and Ray's state records a
+    # Every process of the driver's session is killed once two trials have FINISHED runs and Ray's state records a
     # checkpoint of an unfinished one. `resume` then continues the search: Ray restores the searcher ("restored"),
     # or, when Ray's state files were emptied (a full disk), a new searcher is told what finished in MLflow and
     # runs the unfinished trials first ("emptied"). Either way: exactly num_samples trials, one run each.
@@ -289,29 +311,26 @@ def test_a_search_killed_in_the_middle_resumes_to_exactly_its_samples_one_run_ea
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "TUNE_GLOBAL_CHECKPOINT_S": "1",
            "PYTHONUNBUFFERED": "1", "ROBUSTSWEEP_SEARCH_PROGRESS_S": "0"}
     log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen([BIN / "robustsweep", "launch", str(path), "--verbose", "0"], cwd=tmp_path, env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 400
-        killed = False
-        while time.time() < deadline and driver.poll() is None:
-            runs = _runs(mlflow_uri, "searched")[1]
-            done = [r for r in runs if r.info.status == "FINISHED"]
-            # an unfinished trial with a checkpoint both in Ray's state and in its own folder (what a new searcher
-            # over an emptied state continues from), its MLflow run still RUNNING (not being pruned)
-            running = [r for r in runs if r.info.status == "RUNNING"
-                       and list((experiment_dir / r.data.tags["trial_id"]).glob("checkpoint_*/trial_state.pt"))]
-            if len(done) >= 2 and running and _ray_knows_unfinished(experiment_dir):
-                os.killpg(driver.pid, signal.SIGKILL)
-                driver.wait(30)
-                killed = True
-                break
-            time.sleep(0.3)
-        assert killed, "the search ended, or never had two finished trials and an unfinished one, before the kill: " \
-                       + (tmp_path / "driver.log").read_text()[-3000:]
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
+    resume = [BIN / "robustsweep", "resume", "searched", "--storage-path", str(tmp_path / "ray_results"),
+              "--verbose", "0"]
+    # The trial seen unfinished may end (ASHA stops it at a report) in the moment between the look and the kill: then
+    # nothing is left to continue from a checkpoint, so the search is resumed and killed again, as a user might.
+    for command in ([BIN / "robustsweep", "launch", str(path), "--verbose", "0"], resume, resume):
+        driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            deadline = time.time() + 400
+            while time.time() < deadline and driver.poll() is None and not _resumable(mlflow_uri, experiment_dir):
+                time.sleep(0.3)
+            assert driver.poll() is None and time.time() < deadline, \
+                "the search ended, or never had two finished trials and an unfinished one, before the kill: " \
+                + (tmp_path / "driver.log").read_text()[-3000:]
+        finally:
+            _kill_session(driver)
+        if _resumable(mlflow_uri, experiment_dir):
+            break
+    else:
+        pytest.fail("each of three kills came as the unfinished trial ended")
     client, runs = _runs(mlflow_uri, "searched")
     before = {r.data.tags["trial_id"]: r for r in runs if r.info.status == "FINISHED"}
     before_history = {t: client.get_metric_history(r.info.run_id, "train_loss") for t, r in before.items()}
@@ -321,9 +340,7 @@ def test_a_search_killed_in_the_middle_resumes_to_exactly_its_samples_one_run_ea
             for state in experiment_dir.glob(name):
                 state.write_bytes(b"")
 
-    resumed = subprocess.run([BIN / "robustsweep", "resume", "searched", "--storage-path",
-                              str(tmp_path / "ray_results"), "--verbose", "0"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(resume, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     both = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, both[-4000:]
     if ray_state == "restored":
