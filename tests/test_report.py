@@ -740,3 +740,38 @@ def test_what_was_run_names_the_measurements_of_runs_that_predate_the_setting():
                                          "autoattack_subset": 500, "autoattack_steps": 100, "autoattack_targets": 9}]))
     assert new[1].startswith("Attacks: fgsm, pgd, autoattack on the first 2,000 test images; PGD-20 steps; AutoAttack")
     assert new[2].startswith("Curvature: top_eig on 1000 training examples")
+
+
+def test_lines_without_error_bars_join_a_panels_lines_of_one_style_into_one_artist_with_every_point():
+    # A learning-curve figure of 10,000 runs drew 10,000 artists; the lines of one panel, variant and setting
+    # are now one polyline broken by NaN: the same points, in one artist per style.
+    import math
+
+    import matplotlib.pyplot as plt
+
+    from robustsweep.report.figures import Lines
+
+    fig, (ax, other) = plt.subplots(1, 2)
+    lines = Lines()
+    runs = [([1, 2, 3], [0.5 + i / 10, 0.6 + i / 10, 0.7 + i / 10]) for i in range(5)]
+    for x, y in runs:
+        lines.add(ax, x, y, variant="sgd", setting="lr=0.1")
+    lines.add(ax, [1, 2], [0.2, 0.3], variant="sgd", setting="lr=0.01")
+    lines.add(other, [1, 2], [0.9, 0.95], variant="sgd", setting="lr=0.1")
+    legend = lines.draw(fig, errorbars=False)
+    assert len(ax.lines) == 2 and len(other.lines) == 1
+    joined = next(line for line in ax.lines if line.get_label() == "sgd, lr=0.1")
+    xs, ys = list(joined.get_xdata()), list(joined.get_ydata())
+    breaks = [i for i, v in enumerate(xs) if math.isnan(v)]
+    assert breaks == [3, 7, 11, 15] and [i for i, v in enumerate(ys) if math.isnan(v)] == breaks
+    assert [(x, y) for x, y in zip(xs, ys) if not math.isnan(x)] == [p for x, y in runs for p in zip(x, y)]
+    assert sorted(t.get_text() for t in legend.get_texts()) == ["sgd, lr=0.01", "sgd, lr=0.1"]
+    plt.close(fig)
+    # with error bars every line stays its own (a batch-size figure's lines are one configuration each)
+    fig, ax = plt.subplots()
+    lines = Lines()
+    for x, y in runs:
+        lines.add(ax, x, y, [0.01] * 3, variant="sgd", setting="lr=0.1")
+    lines.draw(fig)
+    assert len(ax.containers) == 5
+    plt.close(fig)

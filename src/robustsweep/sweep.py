@@ -328,14 +328,23 @@ class _Where:
         return out
 
 
-def _absolute_paths(settings: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-    """Ray runs trials in their own folders: make relative data roots and SQLite stores absolute."""
+def _absolute_paths(settings: dict[str, Any], base_dir: Path,
+                    memo: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
+    """Ray runs trials in their own folders: make relative data roots and SQLite stores absolute. ``memo``: the
+    paths already made absolute in this expansion (each costs a walk of the filesystem; a sweep of 10,000 trials
+    has one or two)."""
+    memo = {} if memo is None else memo
     out = dict(settings)
     root = out.get("data_root")
-    if root is not None and "://" not in root and not Path(root).expanduser().is_absolute():
-        out["data_root"] = str((base_dir / root).resolve())
-    if "mlflow_tracking_uri" in out:
-        out["mlflow_tracking_uri"] = normalize_tracking_uri(out["mlflow_tracking_uri"], base_dir)
+    if root is not None and "://" not in root:
+        if ("data_root", root) not in memo:
+            memo["data_root", root] = root if Path(root).expanduser().is_absolute() else str((base_dir / root).resolve())
+        out["data_root"] = memo["data_root", root]
+    uri = out.get("mlflow_tracking_uri")
+    if uri is not None:
+        if ("mlflow_tracking_uri", uri) not in memo:
+            memo["mlflow_tracking_uri", uri] = normalize_tracking_uri(uri, base_dir)
+        out["mlflow_tracking_uri"] = memo["mlflow_tracking_uri", uri]
     return out
 
 
@@ -597,6 +606,7 @@ def count_trials(spec: SweepSpec) -> int:
 def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:
     trials: list[Trial] = []
     seen: dict[TrialConfig, str] = {}
+    paths: dict[tuple[str, str], str] = {}
     for gi, group in enumerate(spec.groups):
         keys = list(group.grid)
         combos = itertools.product(group.points, itertools.product(*(group.grid[k] for k in keys)), group.seeds)
@@ -606,7 +616,7 @@ def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:
                       "mlflow_tracking_uri": spec.tracking_uri, "mlflow_experiment": spec.experiment}
             values.setdefault("data_root", default_data_root())  # workers may not share our environment
             values = _absolute_paths({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()},
-                                     base_dir)
+                                     base_dir, paths)
             described = ", ".join(f"{k}={v}" for k, v in chosen.items()) or "its single point"
             try:
                 config = make_trial_config(values).resolved()
