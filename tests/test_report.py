@@ -372,6 +372,7 @@ def test_exported_runs_rebuild_the_store_and_launch_skips_them(filled_store, tmp
     assert ([m.value for m in client.get_metric_history(one.info.run_id, "test_acc")]
             == [m.value for m in MlflowClient(uri).get_metric_history(original.info.run_id, "test_acc")])
     assert one.info.run_name == original.info.run_name and len(one.inputs.dataset_inputs) == 2
+    assert all(r.data.tags["mlflow.runName"] == r.info.run_name for r in imported)  # the name MLflow's UI shows
 
     # the sweep launched against the rebuilt store trains nothing: every trial is already finished
     text = path.read_text().replace(uri, fresh_uri)
