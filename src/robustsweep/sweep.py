@@ -338,7 +338,8 @@ def _absolute_paths(settings: dict[str, Any], base_dir: Path,
     root = out.get("data_root")
     if root is not None and "://" not in root:
         if ("data_root", root) not in memo:
-            memo["data_root", root] = root if Path(root).expanduser().is_absolute() else str((base_dir / root).resolve())
+            absolute = Path(root).expanduser().is_absolute()
+            memo["data_root", root] = root if absolute else str((base_dir / root).resolve())
         out["data_root"] = memo["data_root", root]
     uri = out.get("mlflow_tracking_uri")
     if uri is not None:

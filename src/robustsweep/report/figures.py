@@ -137,7 +137,6 @@ class Lines:
         named = [entries[k] for k in sorted(entries) if k[1]]
         return figure_legend(fig, [h for _, h in named], [label for label, _ in named])
 
-
     def _joined(self) -> list[tuple]:
         """The lines, those of one panel, variant and setting joined into one, NaN between them (in the order
         first added)."""
