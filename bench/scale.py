@@ -42,11 +42,12 @@ SWEEP = REPO / "sweeps" / "table1-mnist-cpu.yaml"
 EXPORT = REPO / "results" / "table1-mnist-cpu" / "runs.jsonl"
 DATA_ROOT = os.environ.get("ROBUSTSWEEP_DATA_ROOT", str(REPO.parent / "shared" / "data"))
 COMMANDS = ["validate", "import", "status", "status again", "audit --complete", "audit --complete again", "export",
-            "report", "launch --debug, all finished", "launch, first new trial starts"]
+            "report", "launch --debug, all finished", "launch, first new trial starts",
+            "launch on a running Ray, first new trial starts"]
 #: The targets of issue 23 at 10,000 runs, in seconds. "again": the same command once more, reading the sweep's
 #: ended runs from the local copy the first one kept (robustsweep.run_cache), as every later call of it does.
 TARGETS = {"status again": 5, "audit --complete again": 5, "report": 60, "export": 120, "import": 120,
-           "launch, first new trial starts": 10}
+           "launch, first new trial starts": 10, "launch on a running Ray, first new trial starts": 10}
 
 
 def reseed(seeds: int, uri: str, folder: Path) -> tuple[Path, list[str], str, list[dict]]:
@@ -117,9 +118,65 @@ def first_trial(argv: list[str], cwd: Path, env: dict[str, str], trial_dir: Path
             driver.wait()
 
 
-def bench_size(seeds: int, uri: str, folder: Path) -> dict[str, float]:
+def running_ray(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """A Ray head of the benchmark's own (``ray start --head --block``, as on a cluster's head after ``ray up``)
+    on a free port, and its address. Token authentication as the cluster files set it: ``env`` gets the mode and
+    the token's file, for the head and the launches. Stopped by ending that process (:func:`stop_head`; never
+    ``ray stop``, which stops every Ray on the machine)."""
+    import secrets
+    import socket
+
+    token = folder / "ray-token"
+    token.write_text(secrets.token_hex(32) + "\n")
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={folder / 'ray-head'}"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    started = time.perf_counter()
+    while subprocess.run([ray, "status", f"--address={address}"], env=env, capture_output=True).returncode != 0:
+        if head.poll() is not None or time.perf_counter() - started > 120:
+            stop_head(head)
+            raise RuntimeError(f"ray start --head did not come up on {address}")
+        time.sleep(1)
+    return head, address
+
+
+def stop_head(head: subprocess.Popen) -> None:
+    """End the head and every process it started (they share its session)."""
+    if head.poll() is None:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        try:
+            head.wait(90)
+        except subprocess.TimeoutExpired:
+            pass
+    subprocess.run(["pkill", "-9", "-s", str(head.pid)], check=False)
+    head.wait()
+
+
+def one_left(uri: str, spec) -> Path:
+    """Delete the sweep's last trial's runs (MLflow's searches leave deleted runs out) and its folder: one trial
+    left to run. Returns the folder its launch creates."""
+    import shutil
+
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(spec.experiment)
+    last = spec.trials[-1]
+    for victim in client.search_runs([experiment.experiment_id], f"tags.trial_id = '{last.trial_id}'"):
+        client.delete_run(victim.info.run_id)
+    trial_dir = Path(spec.storage_path) / spec.name / last.trial_id
+    shutil.rmtree(trial_dir, ignore_errors=True)
+    return trial_dir
+
+
+def bench_size(seeds: int, uri: str, folder: Path) -> dict[str, float]:
     from robustsweep.saved_sweep import _save_spec
     from robustsweep.sweep import SweepOverrides, load_sweep
 
@@ -151,15 +208,17 @@ def bench_size(seeds: int, uri: str, folder: Path) -> dict[str, float]:
     timed("export", [*cli, "export", str(sweep), *flags, "--out", str(folder / "exported.jsonl")])
     timed("report", [*cli, "report", name, "--storage-path", spec.storage_path, "--out", str(folder / "report")])
     timed("launch --debug, all finished", [*cli, "launch", str(sweep), *flags, *many, "--debug"])
-    # One trial left to run: its run is deleted (MLflow's searches leave deleted runs out).
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(spec.experiment)
-    last = spec.trials[-1]
-    (victim,) = client.search_runs([experiment.experiment_id], f"tags.trial_id = '{last.trial_id}'")
-    client.delete_run(victim.info.run_id)
-    out["launch, first new trial starts"] = first_trial(
-        [*cli, "launch", str(sweep), *flags, *many, "--verbose", "0"], folder, env,
-        Path(spec.storage_path) / spec.name / last.trial_id)
+    launch = [*cli, "launch", str(sweep), *flags, *many, "--verbose", "0"]
+    # One trial left to run; launch starts a local Ray of its own (the default), then, as on a cluster's head,
+    # attaches to a Ray already running.
+    out["launch, first new trial starts"] = first_trial(launch, folder, env, one_left(uri, spec))
+    attached = dict(env)
+    head, address = running_ray(folder, attached)
+    try:
+        out["launch on a running Ray, first new trial starts"] = first_trial(
+            [*launch, "--address", address], folder, attached, one_left(uri, spec))
+    finally:
+        stop_head(head)
     return out
 
 

@@ -776,3 +776,20 @@ def test_lines_without_error_bars_join_a_panels_lines_of_one_style_into_one_arti
     lines.draw(fig)
     assert len(ax.containers) == 5
     plt.close(fig)
+
+
+def test_a_runs_curves_are_one_frame_by_epoch_keeping_a_twice_logged_steps_last_value():
+    # collect's per-run curves (10,000 of them in a big sweep) are built from plain lists in one step
+    from mlflow.entities import Metric
+
+    from robustsweep.report.collect import CURVE_KEYS, _history
+
+    points = {"train_loss": [Metric("train_loss", 0.5, 10, 1), Metric("train_loss", 0.4, 20, 2),
+                             Metric("train_loss", 0.41, 30, 2)],  # step 2 logged twice (a resumed epoch)
+              "test_acc": [Metric("test_acc", 0.8, 5, 0), Metric("test_acc", 0.9, 25, 2)]}
+    curves = _history(points)
+    assert list(curves.columns) == list(CURVE_KEYS) and list(curves.index) == [0, 1, 2]
+    assert curves["train_loss"].tolist()[1:] == [0.5, 0.41] and math.isnan(curves["train_loss"][0])
+    assert curves["test_acc"][0] == 0.8 and math.isnan(curves["test_acc"][1]) and curves["test_acc"][2] == 0.9
+    assert curves["epoch_seconds"].isna().all() and curves.dtypes.eq(float).all()
+    assert _history({}).empty

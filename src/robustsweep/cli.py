@@ -190,13 +190,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"  {problem['kind']}: {problem['trial_id']}: {problem['reason'].splitlines()[0] if problem['reason'] else ''}",
               file=sys.stderr if problem["kind"] == "missing metrics" else sys.stdout)
     print(f"open {report.index.resolve()}")
-    from .saved_sweep import resolve_sweep
+    from .saved_sweep import resolve
     from .sweep_run import attach_report, sweep_links
 
     for sweep in args.sweep:
-        name, uri, experiment, trials = resolve_sweep(sweep, args.tracking_uri, args.storage_path)
+        resolved = resolve(sweep, args.tracking_uri, args.storage_path)
+        name, uri, experiment = resolved.name, resolved.tracking_uri, resolved.experiment
         if args.log_to_mlflow:
-            parent_id, page = attach_report(uri, experiment, name, report.out, len(trials))
+            parent_id, page = attach_report(uri, experiment, name, report.out, len(resolved.trials))
             print(f"logged to the MLflow run of sweep {name}, {parent_id} (artifacts under report/): {page}")
         for line in sweep_links(uri, experiment, name):
             print(line)
@@ -216,15 +217,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from .archive import import_runs
-    from .saved_sweep import resolve_storage
     from .preflight import check_storage
-    from .storage import driver_record
-
     from .saved_sweep import resolve
+    from .storage import driver_record
 
     resolved = resolve(args.sweep, args.tracking_uri, args.storage_path, _overrides(args))
     name, uri, experiment, trials = resolved.name, resolved.tracking_uri, resolved.experiment, resolved.trials
-    storage = resolve_storage(args.sweep, args.storage_path, _overrides(args))
+    storage = resolved.storage_path
     check_storage(storage)
     # A launch or resume running meanwhile would not see the imported runs: one driver at a time.
     with driver_record(storage, name, "import", log=lambda m: print(m, file=sys.stderr)):

@@ -377,7 +377,7 @@ class TrialConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-friendly values (tuples become lists), plugins' settings among the built-in ones."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "plugin_settings"}
+        values = {name: getattr(self, name) for name in FIELDS}
         values.update(self.plugin_settings)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
@@ -502,13 +502,16 @@ def check_keys(mapping: Mapping[str, Any], where: str) -> None:
             )
 
 
-def make_trial_config(values: Mapping[str, Any], where: str = "the trial config") -> TrialConfig:
-    """Build a TrialConfig from a mapping of setting -> value, checking names and types."""
+def make_trial_config(values: Mapping[str, Any], where: str = "the trial config", *,
+                      validate: bool = True) -> TrialConfig:
+    """Build a TrialConfig from a mapping of setting -> value, checking names and types (``validate``: and
+    values; False where :meth:`TrialConfig.resolved` follows, which validates first)."""
     check_keys(values, where)
     kwargs = {k: coerce(k, v) for k, v in values.items() if k in FIELDS}
     extra = tuple(sorted((k, coerce(k, v)) for k, v in values.items() if k not in FIELDS))
     config = TrialConfig(**kwargs, plugin_settings=extra)
-    config.validate()
+    if validate:
+        config.validate()
     return config
 
 

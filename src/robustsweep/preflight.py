@@ -109,9 +109,11 @@ def check_data(configs: Iterable[Any], *, local: bool) -> None:
     what they see. On a cluster only a dataset that may not be downloaded and whose folder exists here
     is checked: the workers have disks of their own.
     """
+    wanted = {(c.dataset, c.data_root, c.download, c.verify_checksums) for c in configs}
+    if not wanted:
+        return  # nothing left to run: torch is not even imported (several seconds)
     from .data import load_split
 
-    wanted = {(c.dataset, c.data_root, c.download, c.verify_checksums) for c in configs}
     for dataset, root, download, verify in sorted(wanted, key=str):
         if not local and (download or not Path(root).expanduser().exists()):
             continue

@@ -128,7 +128,7 @@ class Search:
         values = {**self.template}
         for key, value in sample.items():
             values[key] = coerce(key, value)
-        config = make_trial_config(values).resolved()
+        config = make_trial_config(values, validate=False).resolved()
         return Trial(_trial_id(self.group, _science(config)), self.group, self.resources, config)
 
     def max_epochs(self) -> int:
@@ -136,7 +136,7 @@ class Search:
         if "epochs" in self.space:
             kind, args = self.space["epochs"]
             return int(max(args))
-        return int(make_trial_config(self.template).resolved().epochs)
+        return int(make_trial_config(self.template, validate=False).resolved().epochs)
 
     def metrics(self) -> list[str]:
         return [o.metric for o in self.objectives]

@@ -125,7 +125,7 @@ class Trial:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Trial":
         return cls(data["trial_id"], data["group"], Resources(**data["resources"]),
-                   make_trial_config(data["settings"]).resolved())
+                   make_trial_config(data["settings"], validate=False).resolved())
 
 
 @dataclass(frozen=True)
@@ -620,7 +620,7 @@ def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:
                                      base_dir, paths)
             described = ", ".join(f"{k}={v}" for k, v in chosen.items()) or "its single point"
             try:
-                config = make_trial_config(values).resolved()
+                config = make_trial_config(values, validate=False).resolved()
             except ConfigError as exc:
                 raise where.error(f"groups[{gi}] ({group.name}), trial with {described}, seed {seed}",
                                   str(exc)) from None

@@ -216,8 +216,11 @@ CURVE_KEYS = ("train_loss", "test_acc", "epoch_seconds", "test_seconds")
 
 
 def _history(points: dict[str, list[Any]]) -> pd.DataFrame:
-    """A run's curves (its histories of CURVE_KEYS, runs.metric_histories) as one frame indexed by epoch."""
-    frames = []
-    for key in CURVE_KEYS:
-        frames.append(pd.Series({m.step: m.value for m in points.get(key, [])}, name=key, dtype=float))
-    return pd.concat(frames, axis=1).sort_index()
+    """A run's curves (its histories of CURVE_KEYS, runs.metric_histories: sorted by step and time, so a step
+    logged twice keeps its last value) as one frame indexed by epoch. Built from plain lists in one step: a
+    frame a run, for 10,000 runs, where pandas' Series, concat and sort cost about 2 ms a run."""
+    by_key = {key: {m.step: m.value for m in points.get(key, [])} for key in CURVE_KEYS}
+    steps = sorted({step for values in by_key.values() for step in values})
+    nan = float("nan")
+    return pd.DataFrame({key: [values.get(step, nan) for step in steps] for key, values in by_key.items()},
+                        index=pd.Index(steps, dtype="int64"), dtype=float)

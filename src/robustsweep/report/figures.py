@@ -8,7 +8,10 @@ below its panels, never on them (:func:`legend_clashes` checks).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import textwrap
+import weakref
 import zlib
 from pathlib import Path
 
@@ -158,36 +161,53 @@ def _variant_rank(variant) -> tuple:
 
 
 def figure_legend(fig, handles: list, labels: list[str]):
-    """The figure's one legend, below its panels (constrained layout keeps it off them), in as many
-    columns as fit the figure's width; None when there is nothing to name."""
+    """The figure's one legend, below its panels (the grid's layout keeps room for it, :func:`_save`), in as
+    many columns as fit the figure's width; None when there is nothing to name."""
     if not labels:
         return None
     width = fig.get_figwidth()
     column = 0.9 + 0.085 * max(len(label) for label in labels)  # inches: the handle and the longest label
     most = max(1, min(len(labels), int(width // column)))
     rows = math.ceil(len(labels) / most)
-    fig.set_figheight(fig.get_figheight() + 0.25 + rows * LEGEND_FONTSIZE * 1.45 / 72)  # room of its own
-    return fig.legend(handles, labels, loc="outside lower center", ncol=math.ceil(len(labels) / rows),
-                      fontsize=LEGEND_FONTSIZE, frameon=False)
+    if fig in _GRIDS:  # room of its own below the panels, in inches
+        _GRIDS[fig].legend_height = 0.25 + rows * LEGEND_FONTSIZE * 1.45 / 72
+    # anchored in inches from the figure's bottom centre, so the figure may grow above it (:func:`_save`)
+    return fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(width / 2, _EDGE),
+                      bbox_transform=fig.dpi_scale_trans, ncol=math.ceil(len(labels) / rows),
+                      fontsize=LEGEND_FONTSIZE, frameon=False, borderaxespad=0)
 
 
 def legend_clashes(fig) -> list[str]:
-    """What is wrong with a figure's legends: a legend inside a panel (``ax.legend``), more than one figure
-    legend, a figure legend overlapping a panel, or legend text below ``LEGEND_FONTSIZE``. Empty when the
-    figure keeps its one legend off its panels."""
+    """What is wrong with a figure's layout: a legend inside a panel (``ax.legend``), more than one figure
+    legend, a figure legend overlapping a panel, legend text below ``LEGEND_FONTSIZE``, a panel's labels,
+    ticks or title running into another panel's or the figure's title, or anything cut off at the figure's
+    edge. Empty when the figure keeps its one legend off its panels and every text in view."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     problems = [f"legend inside the panel {ax.get_title()!r}" for ax in fig.axes if ax.get_legend() is not None]
     if len(fig.legends) > 1:
         problems.append(f"{len(fig.legends)} legends")
+    panels = [ax for ax in fig.axes if ax.get_visible()]
     for legend in fig.legends:
         box = legend.get_window_extent(renderer)
-        for ax in fig.axes:
-            if ax.get_visible() and box.overlaps(ax.get_window_extent(renderer)):
+        for ax in panels:
+            if box.overlaps(ax.get_tightbbox(renderer)):
                 problems.append(f"legend overlaps the panel {ax.get_title()!r}")
         small = [t.get_text() for t in legend.get_texts() if t.get_fontsize() < LEGEND_FONTSIZE]
         if small:
             problems.append(f"legend text smaller than {LEGEND_FONTSIZE} pt: {small[:3]}")
+    boxes = [(f"the panel {ax.get_title()!r}", ax.get_tightbbox(renderer)) for ax in panels]
+    if fig._suptitle is not None and fig._suptitle.get_text():
+        boxes.append(("the figure's title", fig._suptitle.get_window_extent(renderer)))
+    boxes += [("the legend", legend.get_window_extent(renderer)) for legend in fig.legends]
+    for i, (name, box) in enumerate(boxes):
+        for other, other_box in boxes[i + 1:]:
+            if box.overlaps(other_box) and not (name == "the legend" or other == "the legend"):
+                problems.append(f"{name} runs into {other}")
+    edge = fig.bbox
+    for name, box in boxes:
+        if box.x0 < edge.x0 - 0.5 or box.y0 < edge.y0 - 0.5 or box.x1 > edge.x1 + 0.5 or box.y1 > edge.y1 + 0.5:
+            problems.append(f"{name} is cut off at the figure's edge")
     return problems
 
 
@@ -204,20 +224,72 @@ def _line_label(row: pd.Series, keys: list[str]) -> str:
     return ", ".join(parts)
 
 
+@dataclasses.dataclass
+class _Grid:
+    """A panel grid's shape, for its layout at :func:`_save`: rows x cols panels of ``width`` x ``height``
+    inches each (its labels, ticks and title included); ``legend_height``: the room its legend takes."""
+
+    rows: int
+    cols: int
+    width: float
+    height: float
+    sharey: bool
+    legend_height: float = 0.0
+
+
+#: The grids of the figures being drawn (a figure's entry goes with the figure).
+_GRIDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: Room for a panel's text, in inches, at matplotlib's default sizes (10 pt ticks and axis labels, 12 pt
+#: titles): below the panel its tick labels and axis label; left of it its tick labels (short here: accuracies,
+#: ratios, powers of ten) and axis label; above it its title; and the figure's edge.
+_BELOW, _LEFT, _TICKS, _ABOVE, _EDGE = 0.52, 0.82, 0.55, 0.32, 0.08
+_SUPTITLE_LINE = 12 * 1.3 / 72
+
+
 def _panel_grid(n: int, width: float = 5.2, height: float = 3.9, max_cols: int = 3, sharey: bool = True):
-    """A figure with n panels in rows of at most ``max_cols``; returns (fig, the n axes, the spare axes)."""
+    """A figure with n panels in rows of at most ``max_cols``; returns (fig, the n axes, the spare axes).
+    Its layout is the grid's own, made once at :func:`_save` from the text sizes above (matplotlib's
+    constrained layout measured every tick label twice over: half the figures' drawing time)."""
     cols = min(n, max_cols)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, sharey=sharey,
-                             layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, sharey=sharey)
+    _GRIDS[fig] = _Grid(rows, cols, width, height, sharey)
     flat = list(axes.flat)
     return fig, flat[:n], flat[n:]
+
+
+def _lay_out(fig, title: str) -> None:
+    """The figure's title (wrapped to its width) above its panels, its legend below them, and between the
+    panels room for their tick labels, axis labels and titles."""
+    grid = _GRIDS[fig]
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    if grid.sharey:
+        # one y axis label a row, at its left: the panels share the axis and hide its inner tick labels
+        for ax in panels:
+            if ax.get_subplotspec().colspan.start > 0:
+                ax.set_ylabel("")
+    y_labels = any(ax.get_ylabel() for ax in panels)
+    width = grid.width * grid.cols
+    lines = textwrap.wrap(title, max(20, int(width * 72 / (12 * 0.55)))) or [""]
+    above = _ABOVE if any(ax.get_title() for ax in panels) else _ABOVE / 3
+    top = _EDGE + len(lines) * _SUPTITLE_LINE + above
+    bottom = _EDGE + grid.legend_height + _BELOW
+    left = _EDGE + (_LEFT if y_labels else _TICKS)
+    right = 0.3  # the last tick label's overhang
+    between = 0.3 if grid.sharey else (_LEFT if y_labels else _TICKS) + 0.15
+    panel_w = (width - left - right - (grid.cols - 1) * between) / grid.cols
+    panel_h = grid.height - _BELOW - _ABOVE  # each row's own room for its ticks, labels and title
+    height = grid.rows * panel_h + (grid.rows - 1) * (_BELOW + _ABOVE) + top + bottom
+    fig.set_size_inches(width, height)
+    fig.suptitle("\n".join(lines), y=1 - _EDGE / height, va="top")
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        wspace=between / panel_w, hspace=(_BELOW + _ABOVE) / panel_h)
 
 
 def _save(fig, spare, title: str, path: Path) -> Path:
     for ax in spare:
         ax.set_visible(False)
-    fig.suptitle(title)
+    _lay_out(fig, title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
