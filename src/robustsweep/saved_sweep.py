@@ -188,7 +188,5 @@ def resolve_sweep(sweep: str, tracking_uri: str | None = None, storage_path: str
 def resolve_storage(sweep: str, storage_path: str | None = None,
                     overrides: "SweepOverrides | None" = None) -> str:
     """The storage path of a sweep file (with the command line's ``overrides``) or of a launched sweep's name."""
-    if sweep.endswith((".yaml", ".yml")) or Path(sweep).is_file():
-        return load_sweep(sweep, overrides=overrides).storage_path
-    return load_saved_sweep(sweep, storage_path).storage_path
+    return resolve(sweep, None, storage_path, overrides).storage_path
 

@@ -199,13 +199,12 @@ def legend_clashes(fig) -> list[str]:
     boxes = [(f"the panel {ax.get_title()!r}", ax.get_tightbbox(renderer)) for ax in panels]
     if fig._suptitle is not None and fig._suptitle.get_text():
         boxes.append(("the figure's title", fig._suptitle.get_window_extent(renderer)))
-    boxes += [("the legend", legend.get_window_extent(renderer)) for legend in fig.legends]
-    for i, (name, box) in enumerate(boxes):
+    for i, (name, box) in enumerate(boxes):  # the legend against the panels: above
         for other, other_box in boxes[i + 1:]:
-            if box.overlaps(other_box) and not (name == "the legend" or other == "the legend"):
+            if box.overlaps(other_box):
                 problems.append(f"{name} runs into {other}")
     edge = fig.bbox
-    for name, box in boxes:
+    for name, box in boxes + [("the legend", legend.get_window_extent(renderer)) for legend in fig.legends]:
         if box.x0 < edge.x0 - 0.5 or box.y0 < edge.y0 - 0.5 or box.x1 > edge.x1 + 0.5 or box.y1 > edge.y1 + 0.5:
             problems.append(f"{name} is cut off at the figure's edge")
     return problems
