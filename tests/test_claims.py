@@ -145,6 +145,25 @@ def test_permutation_tests_are_deterministic_and_exact_for_one_seed():
     assert blocked_spearman([(x, y)])[1] == pytest.approx(reference.pvalue)
 
 
+def test_randomized_permutation_p_agrees_with_scipys_within_monte_carlo_error():
+    # more permutations than EXACT_UP_TO: the shuffles are drawn, not enumerated; scipy's own randomized
+    # test of the same statistic (its own stream, 9999 resamples) must agree within a few standard errors, for
+    # three seeds and for one pooled block
+    rng = np.random.default_rng(7)
+    three_seeds = [(np.array(BATCHES, float), 0.1 * np.arange(6) + rng.normal(size=6)) for _ in range(3)]
+    pooled = [(np.arange(12.0), 0.05 * np.arange(12) + rng.normal(size=12))]
+    for blocks in (three_seeds, pooled):
+        def statistic(*samples, axis=-1):  # Spearman's rho: Pearson's r of the ranks, per resample
+            return np.mean([stats.pearsonr(np.broadcast_to(stats.rankdata(x), y.shape), stats.rankdata(y, axis=-1),
+                                           axis=-1).statistic for (x, _), y in zip(blocks, samples)], axis=0)
+
+        reference = stats.permutation_test([y for _, y in blocks], statistic, permutation_type="pairings",
+                                           n_resamples=9999, vectorized=True, rng=np.random.default_rng(1))
+        rho, p = blocked_spearman(blocks)
+        assert rho == pytest.approx(reference.statistic)
+        assert 0.02 < reference.pvalue < 0.8 and p == pytest.approx(reference.pvalue, abs=0.03)
+
+
 def test_equivalence_is_never_the_absence_of_significance():
     rng = np.random.default_rng(0)
     tight = rng.normal(0, 0.002, 12)

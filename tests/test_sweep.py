@@ -169,7 +169,6 @@ def test_group_seeds_override_the_sweeps_and_default_settings_leave_trial_ids_al
 def test_the_cpu_study_file_is_table1s_mnist_grid_at_a_stated_scale_with_seeds_for_conclusion_1(capsys):
     # Derived in the comment at the top of sweeps/table1-mnist-cpu.yaml: 144 trials at seed 0,
     # 36 more at seeds 1 and 2 for plain SGD at constant lr and at constant lr/bs.
-    from robustsweep.trial import lr_at_epoch
 
     study = load_sweep(REPO / "sweeps" / "table1-mnist-cpu.yaml")
     table1 = load_sweep(REPO / "sweeps" / "table1.yaml")
@@ -188,7 +187,7 @@ def test_the_cpu_study_file_is_table1s_mnist_grid_at_a_stated_scale_with_seeds_f
                for c in (t.config for t in study.trials))
     # the step schedule scaled with the epochs: still halved twice, at 1/3 and 2/3 of training
     step = next(t.config for t in study.trials if t.config.schedule == "step")
-    assert [lr_at_epoch(step, e) / step.effective_lr for e in range(6)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    assert [step.lr_at_epoch(e) / step.effective_lr for e in range(6)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
     assert main(["validate", str(REPO / "sweeps" / "table1-mnist-cpu.yaml")]) == 0
     assert "180 trials (seeds 0, 1, 2)" in capsys.readouterr().out
 

@@ -10,7 +10,7 @@ from robustsweep import metrics as keys
 from robustsweep.cli import main
 from robustsweep.config import make_trial_config
 from robustsweep.data import DeviceBatches, Split
-from robustsweep.trial import lr_at_epoch, run_trial
+from robustsweep.trial import run_trial
 
 from .conftest import TINY_EVAL, trial_runs_only
 
@@ -153,11 +153,11 @@ def test_cifar10_checksums_are_verified_by_default(cifar_root, mlflow_uri, capsy
 
 def test_step_schedule_and_ratio():
     mnist = make_trial_config({"schedule": "step", "lr": 0.1}).resolved()
-    assert [lr_at_epoch(mnist, e) for e in (0, 9, 10, 19, 20)] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
+    assert [mnist.lr_at_epoch(e) for e in (0, 9, 10, 19, 20)] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
     cifar = make_trial_config({"dataset": "cifar10", "schedule": "step", "lr": 0.1}).resolved()
-    assert [lr_at_epoch(cifar, e) for e in (0, 59, 60, 89)] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+    assert [cifar.lr_at_epoch(e) for e in (0, 59, 60, 89)] == pytest.approx([0.1, 0.1, 0.01, 0.01])
     ratio = make_trial_config({"lr_batch_ratio": 0.005 / 32, "batch_size": 512}).resolved()
-    assert lr_at_epoch(ratio, 5) == pytest.approx(0.08)
+    assert ratio.lr_at_epoch(5) == pytest.approx(0.08)
 
 
 def _tiny_values(mnist_root, mlflow_uri, **settings):

@@ -292,6 +292,17 @@ class TrialConfig:
             return self.lr_batch_ratio * self.batch_size
         return STUDY_BASE_LR if self.lr is None else self.lr
 
+    def lr_at_epoch(self, epoch: int) -> float:
+        """Learning rate for 0-based ``epoch``: the initial rate times gamma per milestone passed."""
+        base = self.effective_lr
+        if self.schedule == "constant":
+            return base
+        if self.lr_step_every:
+            passed = epoch // self.lr_step_every
+        else:
+            passed = sum(epoch >= m for m in (self.lr_milestones or ()))
+        return base * (self.lr_gamma ** passed)
+
     def validate(self) -> None:
         """Check values and cross-field rules; raise ConfigError naming the key."""
         def bad(key: str, value: Any, allowed: str) -> ConfigError:

@@ -134,7 +134,7 @@ class SweepRunCache:
             partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
-                json.dump(body, out, separators=(",", ":"))
+                out.write(json.dumps(body, separators=(",", ":")))  # one-shot: the C encoder, not chunks
             os.replace(partial, self.path)
             self.changed = False
         except OSError:

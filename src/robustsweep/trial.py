@@ -95,18 +95,6 @@ def build_trial_model(config: TrialConfig, device: torch.device) -> torch.nn.Mod
     return model
 
 
-def lr_at_epoch(config: TrialConfig, epoch: int) -> float:
-    """Learning rate for 0-based ``epoch``: the initial rate times gamma per milestone passed."""
-    base = config.effective_lr
-    if config.schedule == "constant":
-        return base
-    if config.lr_step_every:
-        passed = epoch // config.lr_step_every
-    else:
-        passed = sum(epoch >= m for m in (config.lr_milestones or ()))
-    return base * (config.lr_gamma ** passed)
-
-
 def evaluate(model: torch.nn.Module, data: DeviceData, config: TrialConfig,
              log: Callable[[str], None] = lambda _: None, clean_acc: float | None = None) -> dict[str, float]:
     """Clean accuracy, then every measurement the config asks for (robustsweep.measurements).
@@ -288,7 +276,7 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
     for epoch in range(start_epoch, config.epochs if not stopped else start_epoch):
         if config.fail_at_epoch == epoch + 1 and resume_state is None:
             raise InjectedFailure(f"injected failure in epoch {epoch + 1} (fail_at_epoch, first attempt only)")
-        lr = lr_at_epoch(config, epoch)
+        lr = config.lr_at_epoch(epoch)
         variant.set_lr(lr)
         model.train()
         variant.start_epoch(epoch, batches)

@@ -115,9 +115,7 @@ def collect(sweep: str, *, tracking_uri: str | None = None, storage_path: str | 
             row.update({k: _searched(params, k) for k in search.space if k not in row})
             row.update({k: metrics.get(k) for k in search.metrics() + [c.metric for c in search.constraints]})
         if trial is not None:
-            from ..trial import lr_at_epoch
-
-            row["final_lr"] = lr_at_epoch(trial.config, int(metrics.get(STOPPED_EPOCH, trial.config.epochs)) - 1)
+            row["final_lr"] = trial.config.lr_at_epoch(int(metrics.get(STOPPED_EPOCH, trial.config.epochs)) - 1)
         row["diverged"] = row["outcome"] == "diverged"
         row["collapsed"] = row["outcome"] == "collapsed"
         if row["diverged"]:

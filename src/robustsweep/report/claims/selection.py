@@ -27,12 +27,12 @@ CONSTANT_LR, RATIO = "constant lr", "lr/bs ratio"
 Value = Union[float, str, tuple, None]
 
 
-def _matches(column: pd.Series, wanted: Value) -> pd.Series:
+def _matches(column: pd.Series, wanted: Value) -> np.ndarray:
     if wanted is None:
-        return pd.Series(True, index=column.index)
+        return np.ones(len(column), dtype=bool)
     values = wanted if isinstance(wanted, tuple) else (wanted,)
     if isinstance(values[0], str):
-        return column.isin(values)
+        return column.isin(values).to_numpy()
     return np.isclose(column.to_numpy(dtype=float)[:, None], np.array(values, dtype=float)[None, :]).any(axis=1)
 
 
@@ -75,22 +75,25 @@ class Runs:
     label: str = ""
 
     def select(self, df: pd.DataFrame) -> pd.DataFrame:
-        """The finished (not diverged) runs of the dataset with these settings."""
+        """The finished (not diverged) runs of the dataset with these settings (:func:`settings` filled in:
+        the masks read the filled columns, and only the selected rows are copied)."""
         if df.empty:
             return df
-        df = settings(df[(df["dataset"] == self.dataset) & ~df["diverged"].astype(bool)])
-        mask = _matches(df["variant"], self.variant)
+        filled = {"momentum": df["momentum"].fillna(0.0), "weight_decay": df["weight_decay"].fillna(0.0),
+                  "schedule": df["schedule"].fillna("constant")}
+        mask = (df["dataset"] == self.dataset).to_numpy() & ~df["diverged"].astype(bool).to_numpy()
+        mask &= _matches(df["variant"], self.variant)
         if self.regime == CONSTANT_LR:
-            mask &= df["lr_batch_ratio"].isna()
+            mask &= df["lr_batch_ratio"].isna().to_numpy()
         elif self.regime == RATIO:
-            mask &= df["lr_batch_ratio"].notna()
+            mask &= df["lr_batch_ratio"].notna().to_numpy()
         for column in ("lr", "lr_batch_ratio", "momentum", "weight_decay", "schedule"):
-            mask &= _matches(df[column], getattr(self, column))
+            mask &= _matches(filled.get(column, df[column]), getattr(self, column))
         if self.batch_sizes is not None:
             mask &= _matches(df["batch_size"], tuple(float(b) for b in self.batch_sizes))
         if self.seeds is not None:
             mask &= _matches(df["seed"], tuple(float(s) for s in self.seeds))
-        return df[mask]
+        return settings(df[mask])
 
     def values(self, df: pd.DataFrame, metric: str) -> pd.DataFrame:
         """:data:`KEYS` and ``value``: the metric of each selected run (the log of the top eigenvalue,
