@@ -2,6 +2,8 @@
 
     PYTHONPATH=$PWD/src .venv/bin/python bench/scale.py --seeds 10,70 --out /tmp/scale
     PYTHONPATH=$PWD/src .venv/bin/python bench/scale.py --seeds 10 --postgres postgresql://USER@/?host=/tmp/pg
+    PYTHONPATH=$PWD/src .venv/bin/python bench/scale.py --seeds 10,70 --out /tmp/scale --build   # fill, then
+    PYTHONPATH=$PWD/src .venv/bin/python bench/scale.py --seeds 10,70 --out /tmp/scale --reuse   # time the rest
 
 The committed export of the CPU study (results/table1-mnist-cpu/runs.jsonl, 180 runs) is re-seeded through
 the project's own expansion: ``sweeps/table1-mnist-cpu.yaml --seeds 0,...,K-1`` expands to 144 x K trials
@@ -176,14 +178,51 @@ def one_left(uri: str, spec) -> Path:
     return trial_dir
 
 
-def bench_size(seeds: int, uri: str, folder: Path) -> dict[str, float]:
+#: Written beside a store that :func:`build` filled: a later ``--reuse`` run times every command but import on it.
+BUILT = "built.json"
+
+
+def build(seeds: int, uri: str, folder: Path) -> None:
+    """Fill an empty store with the re-seeded records through ``robustsweep import`` run in this process (the
+    command's own code), quickly: SQLite's ``synchronous=OFF`` on this process's connections (no fsync; a
+    benchmark store, never a user's). Not a timing: the import row comes from a timed import (without
+    ``--reuse``). A 10,080-run store takes about 10 minutes of one core."""
+    import sqlalchemy
+
+    from robustsweep.cli import main as cli_main
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sweep, flags, _, records = reseed(seeds, uri, folder)
+    export = folder / "runs.jsonl"
+    export.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+    @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "connect")
+    def _no_fsync(connection, _record):  # SQLAlchemy's listener signature
+        if type(connection).__module__.startswith("sqlite3"):
+            connection.execute("PRAGMA synchronous=OFF")
+
+    started = time.perf_counter()
+    here = os.getcwd()
+    os.chdir(folder)  # as bench_size runs the commands: relative paths of the sweep resolve there
+    try:
+        if cli_main(["import", str(export), str(sweep), *flags]) != 0:
+            raise RuntimeError(f"robustsweep import into {uri} failed")
+    finally:
+        os.chdir(here)
+    (folder / BUILT).write_text(json.dumps({"runs": len(records), "seconds": round(time.perf_counter() - started, 1)}))
+
+
+def bench_size(seeds: int, uri: str, folder: Path, reuse: bool = False) -> dict[str, float]:
     from robustsweep.saved_sweep import _save_spec
     from robustsweep.sweep import SweepOverrides, load_sweep
 
     folder.mkdir(parents=True, exist_ok=True)
     sweep, flags, name, records = reseed(seeds, uri, folder)
     export = folder / "runs.jsonl"
-    export.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    if reuse and not (folder / BUILT).is_file():
+        raise SystemExit(f"--reuse: no store built under {folder} (run with --build first)")
+    if not reuse:
+        export.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     # the local copies of runs in the store's own folder: the first status is a cold read, whatever ran before
     env = {**os.environ, "ROBUSTSWEEP_DATA_ROOT": DATA_ROOT, "PYTHONUNBUFFERED": "1",
            "ROBUSTSWEEP_CACHE_DIR": str(folder / "run-cache")}
@@ -197,7 +236,8 @@ def bench_size(seeds: int, uri: str, folder: Path) -> dict[str, float]:
         out[f"{command} (cpu)"] = CPU[" ".join(map(str, argv))]
 
     timed("validate", [*cli, "validate", str(sweep), *flags, *many])
-    timed("import", [*cli, "import", str(export), str(sweep), *flags])
+    if not reuse:
+        timed("import", [*cli, "import", str(export), str(sweep), *flags])
     # `status` and `report` take the launched sweep's name: write what launch saves beside Ray's state.
     spec = load_sweep(sweep, base_dir=folder, max_trials=10**6, overrides=SweepOverrides(seeds=tuple(range(seeds))))
     _save_spec(spec)
@@ -305,6 +345,10 @@ def main() -> None:
     parser.add_argument("--before", default=None, metavar="SRC",
                         help="instead: time the reading commands on the stores already under --out with the code "
                              "in SRC (the src/ folder of a checkout before issue 23)")
+    parser.add_argument("--build", action="store_true",
+                        help="only fill the stores under --out, quickly (no fsync; no timings), for --reuse later")
+    parser.add_argument("--reuse", action="store_true",
+                        help="time every command but import on the stores --build filled under --out")
     args = parser.parse_args()
     counts = [int(s) for s in args.seeds.split(",")]
     root = Path(args.out or tempfile.mkdtemp(prefix="robustsweep-scale-"))
@@ -324,10 +368,20 @@ def main() -> None:
         rows = []
         for seeds in counts:
             folder = root / f"{backend}-{seeds}"
-            uri = sqlite_store(folder) if backend == "sqlite" else postgres_store(args.postgres, str(seeds))
-            rows.append(bench_size(seeds, uri, folder))
+            if backend == "sqlite":
+                uri = sqlite_store(folder)
+            elif args.reuse:
+                uri = args.postgres.replace("/?", f"/robustsweep_bench_{seeds}?", 1)
+            else:
+                uri = postgres_store(args.postgres, str(seeds))
+            if args.build:
+                build(seeds, uri, folder)
+                print(json.dumps({"backend": backend, "built": json.loads((folder / BUILT).read_text())}), flush=True)
+                continue
+            rows.append(bench_size(seeds, uri, folder, reuse=args.reuse))
             print(json.dumps({"backend": backend, **rows[-1]}), flush=True)
-        print(table(backend, rows), flush=True)
+        if rows:
+            print(table(backend, rows), flush=True)
 
 
 if __name__ == "__main__":

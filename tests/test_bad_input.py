@@ -135,8 +135,11 @@ def test_missing_dataset_is_refused_before_anything_is_created(tmp_path, mnist_r
     path = tiny_sweep(tmp_path, tmp_path / "nodata", base=", download: false")
     assert main(["launch", str(path), *mode]) == 2
     one_paragraph_error(capsys, f"The mnist dataset is not in {tmp_path / 'nodata'}/MNIST/raw",
-                         "Nothing was started")
+                         "Nothing was started")  # and nothing of the Ray that started meanwhile printed
     _nothing_created(tmp_path)
+    import ray
+
+    assert not ray.is_initialized()  # the local Ray started beside the data check was shut down again
 
 
 @pytest.mark.parametrize("content", [b"", b'{"name": "s", "stor', b'{"name": "s"}', b"\x00\x01"])

@@ -143,6 +143,63 @@ def test_the_shared_read_of_a_sweep_makes_as_many_queries_for_16_runs_as_for_4(t
                                                            "report": 4}.get(command, 0)
 
 
+def test_a_local_launch_reads_what_is_left_and_checks_the_data_while_ray_starts(tmp_path, monkeypatch, mnist_root):
+    # A local Ray takes seconds to start (its processes, one after another): the read of the sweep's runs and
+    # the data check (torch's import, the test split) run in a thread meanwhile, not before it.
+    import threading
+
+    from ray import tune
+
+    from robustsweep import launch as launch_module
+    from robustsweep import ray_backend
+    from robustsweep.tracking import TrialRun
+
+    data_started, seen = threading.Event(), {}
+
+    def ray_start(address):  # Ray's start, faked: it waits (up to 30 s) for the data check to begin meanwhile
+        seen["ray"] = (threading.current_thread() is threading.main_thread(), data_started.wait(30))
+
+    def data_check(*args, **kwargs):
+        data_started.set()
+        seen["data"] = threading.current_thread() is threading.main_thread()
+        return real_check(*args, **kwargs)
+
+    class Tuner:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def fit(self):
+            return []
+
+    monkeypatch.setattr(tune, "Tuner", Tuner)
+    real_check = launch_module.check_data
+    monkeypatch.setattr(ray_backend, "_init_ray", ray_start)
+    monkeypatch.setattr(launch_module, "check_data", data_check)
+    monkeypatch.setattr(launch_module, "_check_cluster_resources", lambda *a: None)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"""
+name: s
+storage_path: {tmp_path / 'ray_results'}
+mlflow: {{tracking_uri: "sqlite:///{tmp_path / 'mlflow.db'}"}}
+base: {{dataset: mnist, data_root: "{mnist_root}", epochs: 1, device: cpu}}
+groups:
+  - name: g
+    grid: {{lr: [0.01]}}
+""")
+    stopped = []
+    monkeypatch.setattr(ray_backend, "_stop_own_ray", stopped.append)
+    spec = load_sweep(sweep)
+    launch_module.launch(spec, verbose=0, log=lambda m: None)
+    assert seen["ray"] == (True, True)  # in the main thread (Ray's signal handlers), the data check meanwhile
+    assert seen["data"] is False  # in a thread of its own
+    assert stopped == []  # a trial was left: Ray stays up for it
+    # every trial finished: the Ray that started while the runs were read is shut down again
+    TrialRun(spec.tracking_uri, spec.experiment, tags={"sweep": "s", "trial_id": spec.trials[0].trial_id,
+                                                       "outcome": "finished"}).finish()
+    launch_module.launch(spec, verbose=0, log=lambda m: None)
+    assert stopped == [None]
+
+
 def test_launch_hands_tune_trial_ids_and_only_the_trials_left_to_run(tmp_path, monkeypatch, mnist_root):
     # Tune sees the ids of the trials that have no FINISHED run, never the trial dicts; the trainable reads
     # each trial's configuration from the saved sweep. (Tune deep-copied a parameter space holding every trial
@@ -178,7 +235,7 @@ groups:
             return []
 
     monkeypatch.setattr(tune, "Tuner", Tuner)
-    monkeypatch.setattr(launch_module, "_init_ray", lambda address: None)
+    monkeypatch.setattr(ray_backend, "_init_ray", lambda address: None)
     monkeypatch.setattr(launch_module, "_check_cluster_resources", lambda *a: None)
     result = launch_module.launch(spec, verbose=0, log=lambda m: None)
 

@@ -17,8 +17,8 @@ from .preflight import check_data, check_free_space, check_storage
 from .progress import progress_line
 from .ray_backend import (STATE_FILE, _Guard, _check_cluster_resources, _collect, _flags_tag, _init_ray, _local,
                           _new_search_tuner, _parent_tag, _new_tuner, _ray_state_problem, _relax_metric_check,
-                          _set_aside_ray_state, _settle_auto_gpu, _trainable_with_resources, ray_trainable,
-                          read_checkpoint_state, read_resume_state)
+                          _set_aside_ray_state, _settle_auto_gpu, _trainable_with_resources,
+                          beside_ray_start, ray_trainable, read_checkpoint_state, read_resume_state)
 from .results import SweepResult, _row
 from .runs import STATUS_KEYS, SweepStatus, read_sweep_runs_cached, status, trial_runs, trial_state
 from .saved_sweep import (DEFAULT_STORAGE, SWEEP_FILE, SavedSweep, _save_spec, load_saved_sweep, resolve_storage,
@@ -214,14 +214,23 @@ def launch(spec: SweepSpec, *, address: str | None = None, verbose: int = 1,
     check_server(spec.tracking_uri)
     if spec.search is not None:
         return _launch_search(spec, address, verbose, log)
-    # What finished is known from one read of the sweep's runs, before Ray starts: Ray gets only the rest.
-    runs = _sweep_runs(spec.tracking_uri, spec.experiment, spec.name)
-    done, left = _split_finished(list(spec.trials), runs, log)
-    check_data([t.config for t in left], local=_local(address))
-    if not left:
+
+    def plan() -> tuple[dict[str, list[Any]], list[dict[str, Any]], list[Trial]]:
+        # What finished is known from one read of the sweep's runs: Ray gets only the rest.
+        runs = _sweep_runs(spec.tracking_uri, spec.experiment, spec.name)
+        done, left = _split_finished(list(spec.trials), runs, log)
+        check_data([t.config for t in left], local=_local(address))
+        return runs, done, left
+
+    if _local(address):  # a local Ray of our own takes seconds to start: the plan is made meanwhile
+        runs, done, left = beside_ray_start(address, plan, needs_ray=lambda planned: bool(planned[2]))
+    else:
+        runs, done, left = plan()
+        if left:
+            _init_ray(address)
+    if not left:  # (a local Ray started meanwhile was shut down again)
         _drive(spec, runs, log)
         return SweepResult(spec.name, done, spec.experiment_dir)
-    _init_ray(address)
     trials = _settle_auto_gpu(left, log)
     _check_cluster_resources(trials, address, log)
     grid = _drive(spec, runs, log, lambda: _new_tuner(spec, trials, verbose))

@@ -11,12 +11,13 @@ run already FINISHED is not trained again: one MLflow run per trial, whatever ha
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from .errors import UserError
 from .preflight import check_resources
@@ -28,6 +29,8 @@ from .storage import storage_file
 from .sweep import SweepSpec, Trial
 from .tracking import TrialRun, check_server, patience_s
 from .worker_exit import exit_quietly_on_sigterm
+
+T = TypeVar("T")
 
 STATE_FILE = "trial_state.pt"
 
@@ -338,6 +341,86 @@ def _init_ray(address: str | None) -> None:
                         "local Ray runtime. The cluster files' Ray takes only drivers with its token: source "
                         "~/robustsweep-secrets/env on the head first (RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH; "
                         f"here RAY_AUTH_MODE is {mode}).") from None
+
+
+class _HeldLogs(logging.Filter):
+    """Holds the records Ray's driver-side loggers emit while attached; :meth:`release` logs them as they
+    would have been, :meth:`drop` forgets them (their Ray was shut down before the user saw anything of it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+        self.attached: list[logging.Filterer] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.held.append(record)
+        return False
+
+    def __enter__(self) -> "_HeldLogs":
+        import ray  # noqa: F401 (its modules' loggers exist from here on)
+
+        # a logger's filter acts on the records made on that logger, a handler's on every record it gets:
+        # Ray's loggers, and the handlers of its top logger (which its modules' records propagate to)
+        names = [n for n in logging.root.manager.loggerDict if n == "ray" or n.startswith("ray.")]
+        self.attached = [logging.getLogger(n) for n in names] + list(logging.getLogger("ray").handlers)
+        for target in self.attached:
+            target.addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for target in self.attached:
+            target.removeFilter(self)
+
+    def release(self) -> None:
+        for record in self.held:
+            logging.getLogger(record.name).handle(record)
+        self.held.clear()
+
+    def drop(self) -> None:
+        self.held.clear()
+
+
+def beside_ray_start(address: str | None, work: Callable[[], T], needs_ray: Callable[[T], bool]) -> T:
+    """``work()`` (a launch's read of what is left to run and its data check) in a thread while this thread
+    starts Ray: a local Ray takes seconds to start its processes, mostly waiting, and ``ray.init`` must run
+    in the main thread (Ray installs signal handlers there). Returns what ``work`` returned. When ``work``
+    fails, or ``needs_ray`` says its value leaves nothing for Ray to do, Ray is shut down again with nothing
+    of its start printed (a bad dataset reads as the one paragraph it always was); otherwise Ray's own
+    messages of the start are printed once ``work`` has ended."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # handed to the main thread, raised there
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="robustsweep-plan", daemon=True)
+    held = _HeldLogs()
+    thread.start()
+    try:
+        with held:
+            _init_ray(address)
+    finally:
+        thread.join()
+    if "error" in outcome or not needs_ray(outcome["value"]):
+        held.drop()
+        _stop_own_ray(address)
+        if "error" in outcome:
+            raise outcome["error"]
+    else:
+        held.release()
+    return outcome["value"]
+
+
+def _stop_own_ray(address: str | None) -> None:
+    """Shut down a local Ray this process started (one attached to by address stays up)."""
+    import ray
+
+    if _local(address) and ray.is_initialized():
+        ray.shutdown()
 
 
 def _trainable_with_resources(trials: list[Trial] = (), search_resources=None):
