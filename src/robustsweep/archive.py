@@ -178,10 +178,7 @@ def import_runs(path: str | os.PathLike, uri: str, experiment: str, sweep: str,
     """Recreate the exported runs of ``sweep`` in ``experiment`` at ``uri``, nested under the sweep's parent
     run; skip trials already FINISHED there. ``names``: trial id -> run name, for runs exported under their
     trial id (before runs were named by what they are) and for the sweep's runs there not yet nested."""
-    from .run_cache import bump_generation
-    from .runs import trial_runs, trial_state
-    from .sweep_run import PARENT_TAG, adopt, summarize, trial_counts
-    from .tracking import analyze_sqlite
+    from .sqlite_bulk import built_aside
 
     records = read_records(path)
     others = sorted({r["tags"].get("sweep") for r in records} - {sweep})
@@ -189,8 +186,19 @@ def import_runs(path: str | os.PathLike, uri: str, experiment: str, sweep: str,
         raise ConfigError(f"{path} holds runs of sweep {others[0]!r}, not {sweep!r}: import it with that "
                           "sweep's file, or export the right sweep.")
     names = names or {}
+    with built_aside(uri) as writing:  # a new SQLite store: built beside its path, without fsync, then moved in
+        return _import_records(records, writing, experiment, sweep, names, str(path))
+
+
+def _import_records(records: list[dict[str, Any]], uri: str, experiment: str, sweep: str, names: dict[str, str],
+                    path: str) -> ImportResult:
+    from .run_cache import bump_generation
+    from .runs import trial_runs, trial_state
+    from .sweep_run import PARENT_TAG, adopt, summarize, trial_counts
+    from .tracking import analyze_sqlite
+
     client = make_client(uri)
-    target = _Target(client, get_or_create_experiment(client, experiment, uri), str(path))
+    target = _Target(client, get_or_create_experiment(client, experiment, uri), path)
     trials = [r for r in records if r.get("kind") != PARENT_KIND]
     parent_id = _import_parent(target, sweep, [r for r in records if r.get("kind") == PARENT_KIND],
                                len(names) or len(trials))
