@@ -187,7 +187,7 @@ groups:
     grid: {{lr: [0.01]}}
 """)
     stopped = []
-    monkeypatch.setattr(ray_backend, "_stop_own_ray", stopped.append)
+    monkeypatch.setattr(ray_backend, "_shut_down_ray", lambda: stopped.append("shut down"))
     spec = load_sweep(sweep)
     launch_module.launch(spec, verbose=0, log=lambda m: None)
     assert seen["ray"] == (True, True)  # in the main thread (Ray's signal handlers), the data check meanwhile
@@ -197,7 +197,7 @@ groups:
     TrialRun(spec.tracking_uri, spec.experiment, tags={"sweep": "s", "trial_id": spec.trials[0].trial_id,
                                                        "outcome": "finished"}).finish()
     launch_module.launch(spec, verbose=0, log=lambda m: None)
-    assert stopped == [None]
+    assert stopped == ["shut down"]
 
 
 def test_launch_hands_tune_trial_ids_and_only_the_trials_left_to_run(tmp_path, monkeypatch, mnist_root):

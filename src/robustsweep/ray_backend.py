@@ -389,6 +389,9 @@ def beside_ray_start(address: str | None, work: Callable[[], T], needs_ray: Call
     messages of the start are printed once ``work`` has ended."""
     import threading
 
+    import ray
+
+    ours = not ray.is_initialized()  # a Ray the caller had started stays up whatever happens here
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -407,7 +410,8 @@ def beside_ray_start(address: str | None, work: Callable[[], T], needs_ray: Call
         thread.join()
     if "error" in outcome or not needs_ray(outcome["value"]):
         held.drop()
-        _stop_own_ray(address)
+        if ours:
+            _shut_down_ray()
         if "error" in outcome:
             raise outcome["error"]
     else:
@@ -415,12 +419,10 @@ def beside_ray_start(address: str | None, work: Callable[[], T], needs_ray: Call
     return outcome["value"]
 
 
-def _stop_own_ray(address: str | None) -> None:
-    """Shut down a local Ray this process started (one attached to by address stays up)."""
+def _shut_down_ray() -> None:
     import ray
 
-    if _local(address) and ray.is_initialized():
-        ray.shutdown()
+    ray.shutdown()
 
 
 def _trainable_with_resources(trials: list[Trial] = (), search_resources=None):
