@@ -143,6 +143,21 @@ def test_the_shared_read_of_a_sweep_makes_as_many_queries_for_16_runs_as_for_4(t
                                                            "report": 4}.get(command, 0)
 
 
+def _lr_sweep(tmp_path: Path, mnist_root, lrs: list[float]) -> Path:
+    """Sweep ``s``: one group of one-epoch MNIST trials at the learning rates ``lrs``, its store in tmp_path."""
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"""
+name: s
+storage_path: {tmp_path / 'ray_results'}
+mlflow: {{tracking_uri: "sqlite:///{tmp_path / 'mlflow.db'}"}}
+base: {{dataset: mnist, data_root: "{mnist_root}", epochs: 1, device: cpu}}
+groups:
+  - name: g
+    grid: {{lr: {lrs}}}
+""")
+    return sweep
+
+
 def test_a_local_launch_reads_what_is_left_and_checks_the_data_while_ray_starts(tmp_path, monkeypatch, mnist_root):
     # A local Ray takes seconds to start (its processes, one after another): the read of the sweep's runs and
     # the data check (torch's import, the test split) run in a thread meanwhile, not before it.
@@ -176,16 +191,7 @@ def test_a_local_launch_reads_what_is_left_and_checks_the_data_while_ray_starts(
     monkeypatch.setattr(ray_backend, "_init_ray", ray_start)
     monkeypatch.setattr(launch_module, "check_data", data_check)
     monkeypatch.setattr(launch_module, "_check_cluster_resources", lambda *a: None)
-    sweep = tmp_path / "s.yaml"
-    sweep.write_text(f"""
-name: s
-storage_path: {tmp_path / 'ray_results'}
-mlflow: {{tracking_uri: "sqlite:///{tmp_path / 'mlflow.db'}"}}
-base: {{dataset: mnist, data_root: "{mnist_root}", epochs: 1, device: cpu}}
-groups:
-  - name: g
-    grid: {{lr: [0.01]}}
-""")
+    sweep = _lr_sweep(tmp_path, mnist_root, [0.01])
     stopped = []
     monkeypatch.setattr(ray_backend, "_shut_down_ray", lambda: stopped.append("shut down"))
     spec = load_sweep(sweep)
@@ -211,16 +217,7 @@ def test_launch_hands_tune_trial_ids_and_only_the_trials_left_to_run(tmp_path, m
     from robustsweep.tracking import TrialRun
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sweep = tmp_path / "s.yaml"
-    sweep.write_text(f"""
-name: s
-storage_path: {tmp_path / 'ray_results'}
-mlflow: {{tracking_uri: "{uri}"}}
-base: {{dataset: mnist, data_root: "{mnist_root}", epochs: 1, device: cpu}}
-groups:
-  - name: g
-    grid: {{lr: [0.01, 0.02, 0.05, 0.1]}}
-""")
+    sweep = _lr_sweep(tmp_path, mnist_root, [0.01, 0.02, 0.05, 0.1])
     spec = load_sweep(sweep)
     finished = spec.trials[1]
     run = TrialRun(uri, spec.experiment, tags={"sweep": "s", "trial_id": finished.trial_id, "outcome": "finished"})
