@@ -634,7 +634,15 @@ def test_sweeps_of_one_grid_report_as_one_state_their_scale_and_compare_verdicts
     assert {"verdict (rep)", "verdict (rep-seed2)", "changed"} <= set(scale.columns)
     assert all((c == "") == (a == b) for a, b, c in zip(scale["verdict (rep)"], scale["verdict (rep-seed2)"],
                                                           scale["changed"]))
-    assert "Scale: these verdicts beside those of rep" in (tmp_path / "cmp" / "index.html").read_text()
+    page = (tmp_path / "cmp" / "index.html").read_text()
+    assert "Scale: these verdicts beside those of rep" in page
+    # changes first; claims neither sweep ran (every CIFAR-10 one here) only named, after the tables
+    changed = list(scale["changed"] != "")
+    assert changed == sorted(changed, reverse=True)
+    neither = (scale[["verdict (rep)", "verdict (rep-seed2)"]] == "not run").all(axis=1)
+    assert neither.tail(int(neither.sum())).all() and set(scale["dataset"][neither]) >= {"cifar10"}
+    assert f"<h3>Changed ({sum(changed) - int((neither & (scale['changed'] != '')).sum())})</h3>" in page
+    assert "Not run in either sweep: cifar-" in page and page.index("Not run in either") > page.index("Unchanged (")
     # one sweep twice would count its runs twice
     capsys.readouterr()
     assert main(["report", str(path), str(path), "--out", str(tmp_path / "twice")]) == 2

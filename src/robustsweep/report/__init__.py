@@ -32,7 +32,7 @@ import pandas as pd
 from ..metrics import CHANCE_ACCURACY, COLLAPSE_MARGIN, measurement_keys
 from .autoattack_gap import GAP_FLAG, autoattack_gap
 from .collect import SweepRuns, collect, collect_many, for_analysis
-from .scale import compare_verdicts, scale_statement
+from .scale import compare_verdicts, scale_statement, split_comparison
 from .claims import claims_table, evaluate_claims
 from .claims_section import claims_html, claims_markdown, table2_html, TABLE2_NOTE
 from .study_table2 import table2_beside_ours
@@ -189,13 +189,18 @@ def make_report(sweep: str | list[str], out: str | Path, *, tracking_uri: str | 
         scale = compare_verdicts(report.claims, claims_table(evaluate_claims(for_analysis(other.table), other.eps)),
                                  runs.name, other.name)
         scale.to_csv(out / "scale.csv", index=False)
-        changed = scale[scale["changed"] != ""]
+        changed, same, neither = split_comparison(scale)
+        lead = (f"Each claim's verdict in this sweep ({runs.name}) beside its verdict in {other.name}, from the same "
+                f"statistics on that sweep's runs: {len(changed)} of {len(scale)} verdicts changed, "
+                f"{len(same)} stayed, and {len(neither)} are of claims neither sweep ran.")
+        not_run = f"Not run in either sweep: {', '.join(neither)}." if neither else ""
         sections.insert(0, ("scale", f"Scale: these verdicts beside those of {other.name}",
-                            f"<p>Each claim's verdict in this sweep ({html.escape(runs.name)}) beside its verdict in "
-                            f"{html.escape(other.name)}, from the same statistics on that sweep's runs: "
-                            f"{len(changed)} of {len(scale)} verdicts changed.</p><div class=\"scroll\">"
-                            f"{to_html(scale)}</div>"))
-        markdown += [f"## Scale: these verdicts beside those of {other.name}", "", to_markdown(scale), ""]
+                            f"<p>{html.escape(lead)}</p><h3>Changed ({len(changed)})</h3>{to_html(changed)}"
+                            f"<details><summary>Unchanged ({len(same)})</summary>{to_html(same)}</details>"
+                            f"<p>{html.escape(not_run)}</p>"))
+        markdown += [f"## Scale: these verdicts beside those of {other.name}", "", lead, "",
+                     f"### Changed ({len(changed)})", "", to_markdown(changed), "",
+                     f"### Unchanged ({len(same)})", "", to_markdown(same), "", not_run, ""]
     report.table2 = table2_beside_ours(df)
     report.table2.to_csv(out / "table2.csv", index=False)
 

@@ -6,7 +6,8 @@ the runs themselves, so a one-epoch slice never reads like the full study. Where
 one of these, it says so with the count of each value.
 
 :func:`compare_verdicts` puts each claim's verdict in this sweep beside its verdict in another sweep of
-the same grid (the study-scale run beside the CPU-scale one, say), marking each that changed.
+the same grid (the study-scale run beside the CPU-scale one, say), marking each that changed, changes first;
+:func:`split_comparison` divides them as the page shows them.
 """
 
 from __future__ import annotations
@@ -102,8 +103,26 @@ def compare_verdicts(here: pd.DataFrame, there: pd.DataFrame, here_name: str, th
     merged["verdict"] = merged["verdict"].fillna("not run")
     merged["verdict_there"] = merged["verdict_there"].fillna("not run")
     merged["changed"] = [f"{t} -> {h}" if h != t else "" for h, t in zip(merged["verdict"], merged["verdict_there"])]
+    # the order a reader wants: verdicts that changed between two sweeps that both ran the claim, then changes
+    # to or from "not run", then the verdicts that stayed, then the claims neither sweep ran
+    ran = (merged["verdict"] != "not run") & (merged["verdict_there"] != "not run")
+    neither = (merged["verdict"] == "not run") & (merged["verdict_there"] == "not run")
+    merged["_order"] = [0 if c and r else 1 if c else 3 if n else 2
+                        for c, r, n in zip(merged["changed"], ran, neither)]
+    merged = merged.sort_values(["_order", "dataset", "section", "id", "eps"], kind="stable")
     out = merged[["id", "section", "dataset", "eps", "claim", "verdict_there", "verdict", "changed",
                   "statistic_there", "statistic"]].rename(columns={
                       "verdict_there": f"verdict ({there_name})", "verdict": f"verdict ({here_name})",
                       "statistic_there": f"statistic ({there_name})", "statistic": f"statistic ({here_name})"})
-    return out.fillna("")
+    return out.fillna("").reset_index(drop=True)
+
+
+def split_comparison(scale: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """:func:`compare_verdicts`' rows as a page shows them: (the verdicts that changed, those that stayed, the
+    claims neither sweep ran, by id and eps: listed, not tabled, since both columns would only say so)."""
+    verdicts = [c for c in scale.columns if c.startswith("verdict (")]
+    neither = (scale[verdicts] == "not run").all(axis=1)
+    changed = scale[(scale["changed"] != "") & ~neither]
+    same = scale[(scale["changed"] == "") & ~neither]
+    names = [f"{i} (eps {e})" if e not in ("", "nan") else i for i, e in zip(scale["id"][neither], scale["eps"][neither])]
+    return changed, same, names
