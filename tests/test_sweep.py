@@ -392,7 +392,8 @@ def test_resume_and_status_remember_the_flags_a_sweep_was_launched_with(tmp_path
     assert saved.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def test_export_import_and_audit_take_the_flags_a_sweep_file_was_launched_with(tmp_path, mnist_root, capsys):
+def test_export_import_and_audit_take_the_flags_a_sweep_file_was_launched_with(tmp_path, mnist_root, capsys,
+                                                                                monkeypatch):
     # The study-scale run is table1.yaml plus flags: on a fresh machine its export must import into the
     # same (flagged) sweep before `launch` with those flags runs only what is missing.
     uri, path = _tiny_sweep(tmp_path, mnist_root, "fl", 1, """
@@ -416,6 +417,23 @@ def test_export_import_and_audit_take_the_flags_a_sweep_file_was_launched_with(t
     assert main(["export", "fl-flagged", "--out", str(exported), "--set", "lr=0.1",
                  "--storage-path", str(tmp_path / "ray_results")]) == 2
     assert "names a launched sweep, which keeps the flags" in capsys.readouterr().err
+    # a fresh machine (the sweep file, no store, no Ray folder; here a folder of its own, since this process
+    # still holds the first store open): importing into the file's own store saves the sweep as launch does,
+    # so that it can be named; a second import leaves the saved sweep as it is
+    machine = tmp_path / "fresh-machine"
+    machine.mkdir()
+    monkeypatch.chdir(machine)  # where the file's relative storage_path (ray_results) is
+    moved = machine / path.name
+    moved.write_text(path.read_text().replace(uri, f"sqlite:///{machine / 'm.db'}"))
+    assert main(["import", str(exported), str(moved), *flags]) == 0
+    assert "saved the sweep under" in capsys.readouterr().out
+    storage = ["--storage-path", str(machine / "ray_results")]
+    assert main(["status", "fl-flagged", *storage]) == 0
+    assert "2/2 trials done" in capsys.readouterr().out
+    assert main(["audit", "fl-flagged", *storage, "--complete"]) == 0
+    capsys.readouterr()
+    assert main(["import", str(exported), str(moved), *flags]) == 0
+    assert "2 skipped" in (out := capsys.readouterr().out) and "saved the sweep" not in out
 
 
 def test_committed_study_runs_still_match_their_sweep_files_trial_ids():

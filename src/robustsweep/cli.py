@@ -218,7 +218,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from .archive import import_runs
     from .preflight import check_storage
-    from .saved_sweep import resolve
+    from .saved_sweep import resolve, save_if_unsaved
     from .storage import driver_record
 
     resolved = resolve(args.sweep, args.tracking_uri, args.storage_path, _overrides(args))
@@ -228,6 +228,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     # A launch or resume running meanwhile would not see the imported runs: one driver at a time.
     with driver_record(storage, name, "import", log=lambda m: print(m, file=sys.stderr)):
         result = import_runs(args.runs, uri, experiment, name, names={t.trial_id: t.run_name for t in trials})
+        # a sweep file imported into its own store can then be named, as after a launch (not a --tracking-uri
+        # elsewhere: the saved sweep would name the file's store)
+        saved = (resolved.spec is not None and uri == resolved.spec.tracking_uri
+                 and save_if_unsaved(resolved.spec))
     if resolved.search is not None:
         rest = (f"`robustsweep launch` now tells the searcher what finished and samples only the rest of its "
                 f"{resolved.search.num_samples} trials.")
@@ -235,6 +239,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         rest = f"`robustsweep launch` now runs only the other {len(trials) - result.imported - result.skipped} trials."
     print(f"imported {result.imported} runs of sweep {name} into {uri} [{experiment}]; {result.skipped} skipped "
           f"(their trials already have a FINISHED run there). {rest}")
+    if saved:
+        print(f"saved the sweep under {storage}: `robustsweep status {name}`, `report {name}` and `audit {name}` "
+              "name it from here on")
     return 0
 
 

@@ -37,6 +37,19 @@ def _save_spec(spec: SweepSpec) -> None:
     filesystem.move(partial, path)
 
 
+def save_if_unsaved(spec: SweepSpec) -> bool:
+    """Save the expanded sweep as launch does, unless a sweep of that name is saved there already (launched,
+    or imported before): after ``import`` on a fresh machine, ``status``, ``report`` and ``audit`` take the
+    sweep's name as they do after a launch. Whether it was written."""
+    filesystem, path = storage_file(spec.storage_path, spec.name, SWEEP_FILE)
+    from pyarrow import fs
+
+    if filesystem.get_file_info(path).type != fs.FileType.NotFound:
+        return False
+    _save_spec(spec)
+    return True
+
+
 def spec_json_bytes(spec: SweepSpec) -> bytes:
     """The saved sweep's file (robustsweep-sweep.json) as written: its keys one a line, then one trial a line.
     Each trial goes through json's C encoder; ``indent`` would make json encode all in Python, 5 s for 10,000
@@ -156,6 +169,7 @@ class Resolved:
     storage_path: str
     load_trials: Callable[[], list[Trial]] = field(repr=False)
     search: "Search | None" = None
+    spec: SweepSpec | None = field(default=None, repr=False)  # the sweep file's expansion (None for a name)
 
     @functools.cached_property
     def trials(self) -> list[Trial]:
@@ -169,7 +183,7 @@ def resolve(sweep: str, tracking_uri: str | None = None, storage_path: str | Non
     if sweep.endswith((".yaml", ".yml")) or Path(sweep).is_file():
         spec = load_sweep(sweep, overrides=overrides)
         return Resolved(spec.name, tracking_uri or spec.tracking_uri, spec.experiment, spec.storage_path,
-                        lambda: list(spec.trials), spec.search)
+                        lambda: list(spec.trials), spec.search, spec)
     if overrides is not None and overrides.flags():
         raise UserError(f"The flags {overrides.flags()} change a sweep file, but {sweep!r} names a launched sweep, "
                         "which keeps the flags it was launched with: drop them, or give the sweep file.")
