@@ -88,12 +88,14 @@ def _seed_blocks(frame: pd.DataFrame, index: list[str], columns: list[str]) -> t
     if frame.duplicated(index + ["seed"]).any():
         raise ValueError(f"more than one run per {', '.join(index)} and seed: the selection is ambiguous")
     wide = frame.set_index(index + ["seed"])[columns].unstack("seed")
-    seeds = [s for s in sorted(frame["seed"].unique()) if min(wide[(c, s)].notna().sum() for c in columns) >= 1]
+    present = wide.notna().sum()  # runs per (column, seed)
+    seeds = [s for s in sorted(frame["seed"].unique()) if min(present[(c, s)] for c in columns) >= 1]
     if not seeds:
         return [], 0
     keep = wide[[(c, s) for c in columns for s in seeds]].dropna()
-    dropped = len(wide) - len(keep)
-    return [tuple(keep[(c, s)].to_numpy(dtype=float) for c in columns) for s in seeds], dropped
+    values = keep.to_numpy(dtype=float)  # one array; column (c, s) at c's index * len(seeds) + s's index
+    blocks = [tuple(values[:, j * len(seeds) + i] for j in range(len(columns))) for i in range(len(seeds))]
+    return blocks, len(wide) - len(keep)
 
 
 @dataclass(frozen=True)
