@@ -41,9 +41,9 @@ def save_if_unsaved(spec: SweepSpec) -> bool:
     """Save the expanded sweep as launch does, unless a sweep of that name is saved there already (launched,
     or imported before): after ``import`` on a fresh machine, ``status``, ``report`` and ``audit`` take the
     sweep's name as they do after a launch. Whether it was written."""
-    filesystem, path = storage_file(spec.storage_path, spec.name, SWEEP_FILE)
     from pyarrow import fs
 
+    filesystem, path = storage_file(spec.storage_path, spec.name, SWEEP_FILE)
     if filesystem.get_file_info(path).type != fs.FileType.NotFound:
         return False
     _save_spec(spec)

@@ -124,5 +124,6 @@ def split_comparison(scale: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, l
     neither = (scale[verdicts] == "not run").all(axis=1)
     changed = scale[(scale["changed"] != "") & ~neither]
     same = scale[(scale["changed"] == "") & ~neither]
-    names = [f"{i} (eps {e})" if e not in ("", "nan") else i for i, e in zip(scale["id"][neither], scale["eps"][neither])]
+    names = [f"{i} (eps {e})" if e not in ("", "nan") else i
+             for i, e in zip(scale["id"][neither], scale["eps"][neither])]
     return changed, same, names
