@@ -253,6 +253,37 @@ def test_launch_hands_tune_trial_ids_and_only_the_trials_left_to_run(tmp_path, m
     assert ray_backend.trial_of(legacy) == spec.trials[0] and ray_backend.param_trial_id(legacy) == spec.trials[0].trial_id
 
 
+def test_expansion_makes_each_combination_once_and_each_seed_the_same_as_from_scratch(tmp_path, monkeypatch):
+    # A sweep of 10,000 trials is mostly seeds: a combination of settings is made and resolved once, each of its
+    # seeds copied from it. Every trial (id, settings) must be the one expansion makes without that shortcut.
+    from robustsweep import config as config_module
+    from robustsweep import sweep as sweep_module
+    from robustsweep.sweep import SweepOverrides
+
+    sweep = _study_sweep(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    seeds = SweepOverrides(seeds=(0, 1, 7))
+    made = Counter()
+    real = config_module.TrialConfig.resolved
+
+    def counted(self):
+        made[self.seed] += 1
+        return real(self)
+
+    monkeypatch.setattr(config_module.TrialConfig, "resolved", counted)
+    fast = load_sweep(sweep, base_dir=tmp_path, overrides=seeds).trials
+    assert len(fast) == 3 * 144 and sum(made.values()) == 144  # once per combination, none per other seed
+
+    class FromScratch:
+        def made(self, values):
+            config = config_module.make_trial_config(values, validate=False).resolved()
+            return config, sweep_module._science(config)
+
+    monkeypatch.setattr(sweep_module, "_SeedlessMemo", FromScratch)
+    slow = load_sweep(sweep, base_dir=tmp_path, overrides=seeds).trials
+    assert [(t.trial_id, t.group, t.config) for t in fast] == [(t.trial_id, t.group, t.config) for t in slow]
+    assert len({t.trial_id for t in fast}) == len(fast) and {t.config.seed for t in fast} == {0, 1, 7}
+
+
 def test_ray_state_check_reads_trial_ids_in_either_form_and_never_unpickles(tmp_path):
     # Tune pickles its variant generator's state under a .json name: the check before restore looks at its
     # shape (whole or cut short), and at experiment states whose configs hold trial ids or full trial dicts.

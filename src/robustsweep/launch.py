@@ -168,12 +168,14 @@ def _search_plan(spec: "SweepSpec | SavedSweep", search, runs: dict[str, list[An
     return rows, left, points, told
 
 
-def _drive(spec: SweepSpec, runs: dict[str, list[Any]], log: Callable[[str], None], make_tuner=None):
-    """A launch's driver: the sweep's driver record claimed, the sweep saved, and under its parent run the
-    Tuner ``make_tuner()`` gives fitted, stopped cleanly by the guard (Ray's ResultGrid); with no
-    ``make_tuner`` (nothing left to run) only the record, the saved sweep and the parent's summary (None)."""
+def _drive(spec: SweepSpec, runs: dict[str, list[Any]], log: Callable[[str], None], make_tuner=None,
+           saved: bytes | None = None):
+    """A launch's driver: the sweep's driver record claimed, the sweep saved (``saved``: its file's bytes, when
+    made already), and under its parent run the Tuner ``make_tuner()`` gives fitted, stopped cleanly by the
+    guard (Ray's ResultGrid); with no ``make_tuner`` (nothing left to run) only the record, the saved sweep and
+    the parent's summary (None)."""
     with driver_record(spec.storage_path, spec.name, "launch", log):
-        _save_spec(spec)
+        _save_spec(spec, saved)
         with _sweep_parent(spec, list(spec.trials), runs, log):
             if make_tuner is None:
                 return None
@@ -215,25 +217,26 @@ def launch(spec: SweepSpec, *, address: str | None = None, verbose: int = 1,
     if spec.search is not None:
         return _launch_search(spec, address, verbose, log)
 
-    def plan() -> tuple[dict[str, list[Any]], list[dict[str, Any]], list[Trial]]:
-        # What finished is known from one read of the sweep's runs: Ray gets only the rest.
+    def plan() -> tuple[dict[str, list[Any]], list[dict[str, Any]], list[Trial], bytes]:
+        # What finished is known from one read of the sweep's runs: Ray gets only the rest. The saved sweep's
+        # bytes are made here too; written only once the driver record is claimed (_drive).
         runs = _sweep_runs(spec.tracking_uri, spec.experiment, spec.name)
         done, left = _split_finished(list(spec.trials), runs, log)
         check_data([t.config for t in left], local=_local(address))
-        return runs, done, left
+        return runs, done, left, spec_json_bytes(spec)
 
     if _local(address):  # a local Ray of our own takes seconds to start: the plan is made meanwhile
-        runs, done, left = beside_ray_start(address, plan, needs_ray=lambda planned: bool(planned[2]))
+        runs, done, left, saved = beside_ray_start(address, plan, needs_ray=lambda planned: bool(planned[2]))
     else:
-        runs, done, left = plan()
+        runs, done, left, saved = plan()
         if left:
             _init_ray(address)
     if not left:  # (a local Ray started meanwhile was shut down again)
-        _drive(spec, runs, log)
+        _drive(spec, runs, log, saved=saved)
         return SweepResult(spec.name, done, spec.experiment_dir)
     trials = _settle_auto_gpu(left, log)
     _check_cluster_resources(trials, address, log)
-    grid = _drive(spec, runs, log, lambda: _new_tuner(spec, trials, verbose))
+    grid = _drive(spec, runs, log, lambda: _new_tuner(spec, trials, verbose), saved)
     result = _collect(grid, trials, spec.name, spec.experiment_dir)
     result.rows[:0] = done
     return result

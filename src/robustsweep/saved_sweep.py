@@ -22,13 +22,14 @@ SWEEP_FILE = "robustsweep-sweep.json"
 DEFAULT_STORAGE = "ray_results"
 
 
-def _save_spec(spec: SweepSpec) -> None:
-    """Write the expanded sweep next to Ray's experiment state (local folder or cloud storage).
+def _save_spec(spec: SweepSpec, text: bytes | None = None) -> None:
+    """Write the expanded sweep next to Ray's experiment state (local folder or cloud storage); ``text``: its
+    :func:`spec_json_bytes` when made already (a launch makes them while Ray starts: a second at 10,000 trials).
 
     Written to a temporary name, then renamed: an interrupted launch leaves the old file or none,
     never a truncated one.
     """
-    text = spec_json_bytes(spec)
+    text = spec_json_bytes(spec) if text is None else text
     filesystem, path = storage_file(spec.storage_path, spec.name, SWEEP_FILE)
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     partial = f"{path}.{os.getpid()}.partial"

@@ -37,6 +37,7 @@ bad value and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fnmatch
 import functools
@@ -608,6 +609,7 @@ def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:
     trials: list[Trial] = []
     seen: dict[TrialConfig, str] = {}
     paths: dict[tuple[str, str], str] = {}
+    seedless = _SeedlessMemo()
     for gi, group in enumerate(spec.groups):
         keys = list(group.grid)
         combos = itertools.product(group.points, itertools.product(*(group.grid[k] for k in keys)), group.seeds)
@@ -618,16 +620,46 @@ def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:
             values.setdefault("data_root", default_data_root())  # workers may not share our environment
             values = _absolute_paths({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()},
                                      base_dir, paths)
-            described = ", ".join(f"{k}={v}" for k, v in chosen.items()) or "its single point"
             try:
-                config = make_trial_config(values, validate=False).resolved()
+                config, science = seedless.made(values)
             except ConfigError as exc:
+                described = ", ".join(f"{k}={v}" for k, v in chosen.items()) or "its single point"
                 raise where.error(f"groups[{gi}] ({group.name}), trial with {described}, seed {seed}",
                                   str(exc)) from None
             if config in seen:
+                described = ", ".join(f"{k}={v}" for k, v in chosen.items()) or "its single point"
                 raise where.error(f"groups[{gi}] ({group.name})",
                                   f"the trial with {described}, seed {seed} duplicates a trial of group "
                                   f"{seen[config]!r}: every trial must differ in some setting.")
             seen[config] = group.name
-            trials.append(Trial(_trial_id(group.name, _science(config)), group.name, group.resources, config))
+            trials.append(Trial(_trial_id(group.name, science), group.name, group.resources, config))
     return trials
+
+
+class _SeedlessMemo:
+    """Trial configs (and their identifying settings) made once per combination of settings and reused for
+    each of its seeds: the seed is the one setting a resolved config's other values never depend on, and
+    sweeps reach thousands of trials by seeds (issue 23: expansion was a quarter of audit and launch at
+    10,000 trials). A config made from the memo is the one made from scratch (tests/test_scale.py)."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, tuple[TrialConfig, dict[str, Any]]] = {}
+        self._default_seed = TrialConfig().seed
+
+    def made(self, values: dict[str, Any]) -> tuple[TrialConfig, dict[str, Any]]:
+        key = repr(sorted((k, v) for k, v in values.items() if k != "seed"))
+        if key not in self._made:
+            config = make_trial_config(values, validate=False).resolved()
+            science = _science(config)
+            science.pop("seed", None)
+            self._made[key] = config, science
+            return config, self._with_seed(science, config.seed)
+        config, science = self._made[key]
+        seed = coerce("seed", values["seed"])
+        config = copy.copy(config)  # dataclasses.replace, without re-running __init__'s 60 fields
+        object.__setattr__(config, "seed", seed)
+        config.validate()
+        return config, self._with_seed(science, seed)
+
+    def _with_seed(self, science: dict[str, Any], seed: int) -> dict[str, Any]:
+        return science if seed == self._default_seed else {**science, "seed": seed}
