@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 
 from robustsweep import archive
 from robustsweep.archive import import_runs
-from robustsweep.errors import TrackingError
+from robustsweep.errors import ConfigError, TrackingError
 from robustsweep.runs import trial_runs
 from robustsweep.tracking import make_client
 
@@ -77,7 +78,8 @@ def test_an_import_that_fails_midway_leaves_no_store_and_no_partial_file(tmp_pat
         return real(target, record, tags)
 
     monkeypatch.setattr(archive, "_recreate", failing)
-    with pytest.raises(OSError, match="disk gone"):
+    with pytest.raises(ConfigError, match=r"trial \S+ in .*could not be made again.*OSError: disk gone.*nothing was "
+                                          "written: the new store was discarded"):
         import_runs(export, f"sqlite:///{store}", SWEEP, SWEEP)
     assert not store.exists() and not [p for p in tmp_path.iterdir() if "importing" in p.name]
     # an import killed mid-way (SIGKILL) leaves its partial build: the next try removes it, and only it
@@ -107,3 +109,67 @@ def test_a_store_created_meanwhile_is_never_overwritten(tmp_path, export, monkey
     assert not [p for p in tmp_path.iterdir() if "importing" in p.name]
     monkeypatch.setattr(archive, "_import_records", real)
     assert import_runs(export, f"sqlite:///{store}", SWEEP, SWEEP).imported == 3  # as the error says
+
+
+def _six(tmp_path: Path, damaged: int | None = None) -> Path:
+    """The first six trials of the CPU-study export; ``damaged``: the index of one whose metric value is text."""
+    lines = EXPORT.read_text().splitlines(keepends=True)[:6]
+    if damaged is not None:
+        record = json.loads(lines[damaged])
+        record["metrics"]["clean_acc"][0][1] = "not a number"
+        lines[damaged] = json.dumps(record) + "\n"
+    path = tmp_path / "six.jsonl"
+    path.write_text("".join(lines))
+    return path
+
+
+def test_a_large_import_into_a_new_store_shares_the_runs_among_processes(tmp_path, monkeypatch):
+    # MLflow's store spends ~25 ms of CPU a run: into a store being built, one share per core goes to a process
+    # of its own. Shrunk here to two processes from two runs: this one writes every other run, a child the rest.
+    import multiprocessing
+
+    monkeypatch.setattr(archive, "PARALLEL_FROM", 2)
+    monkeypatch.setattr(archive, "_processes", lambda: 2)
+    here = []
+    real = archive._recreate
+
+    def watching(target, record, tags):
+        here.append((record["trial_id"], len(multiprocessing.active_children())))
+        return real(target, record, tags)
+
+    monkeypatch.setattr(archive, "_recreate", watching)
+    export = _six(tmp_path)
+    store = tmp_path / "mlflow.db"
+    assert import_runs(export, f"sqlite:///{store}", SWEEP, SWEEP).imported == 6
+    ids = [json.loads(line)["trial_id"] for line in export.read_text().splitlines()]
+    assert [t for t, _ in here] == ids[0::2] and all(children == 1 for _, children in here)
+    assert _trials(f"sqlite:///{store}") == set(ids)  # the child's three are there too, and the store is whole
+    with sqlite3.connect(store) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert _files(tmp_path) == {"mlflow.db", "six.jsonl"} and not multiprocessing.active_children()
+    # what it wrote is what was exported (a run from each process): export it again and compare
+    again = tmp_path / "again.jsonl"
+    archive.export_runs(f"sqlite:///{store}", SWEEP, SWEEP, again)
+    exported = {r["trial_id"]: r for r in archive.read_records(again) if r.get("kind") != archive.PARENT_KIND}
+    for line in export.read_text().splitlines():
+        record = json.loads(line)
+        assert exported[record["trial_id"]]["metrics"] == record["metrics"]
+        assert exported[record["trial_id"]]["params"] == record["params"]
+
+
+def test_a_child_process_that_fails_stops_the_import_and_leaves_no_store(tmp_path, monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setattr(archive, "PARALLEL_FROM", 2)
+    monkeypatch.setattr(archive, "_processes", lambda: 2)
+    export = _six(tmp_path, damaged=3)  # in the child's share (every other run from the second)
+    trial = json.loads(export.read_text().splitlines()[3])["trial_id"]
+    store = tmp_path / "mlflow.db"
+    with pytest.raises(ConfigError, match=f"trial {trial} in .*could not be made again.*nothing was written"):
+        import_runs(export, f"sqlite:///{store}", SWEEP, SWEEP)
+    assert _files(tmp_path) == {"six.jsonl"} and not multiprocessing.active_children()
+    # into a store that exists, the same line is one paragraph too, and the runs before it stay
+    make_client(f"sqlite:///{store}", log=lambda m: None)
+    with pytest.raises(ConfigError, match=f"trial {trial} .*the runs before it were written, and importing again"):
+        import_runs(export, f"sqlite:///{store}", SWEEP, SWEEP)
+    assert len(_trials(f"sqlite:///{store}")) == 3

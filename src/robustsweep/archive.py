@@ -129,14 +129,13 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
 class _Target:
     client: Any
     experiment_id: str
-    path: str
+    path: str  #: the exported file, recorded on each run
+    uri: str = ""  #: the store's
 
 
 def _recreate(target: _Target, record: dict[str, Any], tags: dict[str, str]) -> str:
     """One exported run made again in the target experiment (params, tags, every metric point, dataset inputs,
     status and times as exported); its new id."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
-
     from .tracking import _retry_locked
 
     client = target.client
@@ -144,6 +143,23 @@ def _recreate(target: _Target, record: dict[str, Any], tags: dict[str, str]) -> 
     run = _retry_locked(client.create_run)(target.experiment_id, start_time=record["start_time"], tags=tags,
                                            run_name=record["run_name"])
     run_id = run.info.run_id
+    try:
+        _fill(client, run_id, record)
+    except BaseException:
+        try:  # no half-made run: MLflow would show it RUNNING, for no driver
+            client.delete_run(run_id)
+        except Exception:
+            pass  # the store is failing: the error that matters is the first one
+        raise
+    return run_id
+
+
+def _fill(client: Any, run_id: str, record: dict[str, Any]) -> None:
+    """A new run's params, metrics, dataset inputs, status and end time, from its exported ``record``."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+
+    from .tracking import _retry_locked
+
     params = [Param(k, v) for k, v in record["params"].items()]
     metrics = [Metric(k, value, timestamp, step) for k, points in record["metrics"].items()
                for step, value, timestamp in points]
@@ -158,7 +174,92 @@ def _recreate(target: _Target, record: dict[str, Any], tags: dict[str, str]) -> 
             for i in record["inputs"]])
     status = "KILLED" if record["status"] == "RUNNING" else record["status"]  # no driver runs it here
     _retry_locked(client.set_terminated)(run_id, status=status, end_time=record["end_time"])
-    return run_id
+
+
+#: Runs from which an import into a store being built (sqlite_bulk.built_aside) shares them among processes:
+#: MLflow's store spends about 25 ms of CPU a run, and a process costs seconds to start (MLflow's import).
+PARALLEL_FROM = 500
+#: At most this many processes write one SQLite file: beyond it they mostly wait for its lock.
+MAX_PROCESSES = 4
+
+
+def _processes() -> int:
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                      MAX_PROCESSES))
+
+
+def _recreate_all(target: _Target, uri: str, todo: list[tuple[dict[str, Any], dict[str, str]]]) -> None:
+    """Each (record, tags) made again in the target: by this process alone, except into a store being built
+    (nobody else writes or reads it, and a failure discards it whole), where one share of the runs per core goes
+    to a process of its own (spawned: no MLflow state is inherited) while this one writes the first share. The
+    first failure anywhere stops every process and is the import's error."""
+    from .sqlite_bulk import is_building
+
+    processes = _processes() if is_building(uri) and len(todo) >= PARALLEL_FROM else 1
+    shares = [todo[i::processes] for i in range(processes)]
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    workers = []
+    for share in shares[1:]:
+        receive, send = spawn.Pipe(duplex=False)
+        worker = spawn.Process(target=_recreate_share, args=(uri, target.experiment_id, target.path, share, send),
+                               name="robustsweep-import", daemon=True)
+        worker.start()
+        send.close()
+        workers.append((worker, receive))
+    try:
+        for record, tags in shares[0]:
+            if any(worker.exitcode for worker, _ in workers):
+                break  # a worker failed: its error is raised below
+            _recreate_one(target, record, tags)
+        for worker, receive in workers:
+            worker.join()
+            if worker.exitcode != 0:
+                message = receive.recv() if receive.poll() else f"its process ended with exit code {worker.exitcode}"
+                raise ConfigError(message)
+    finally:
+        for worker, receive in workers:
+            if worker.is_alive():  # what it wrote goes with the store being built
+                worker.terminate()
+                worker.join()
+            receive.close()
+
+
+def _recreate_one(target: _Target, record: dict[str, Any], tags: dict[str, str]) -> str:
+    """:func:`_recreate`, its failure one paragraph naming the run (a damaged line, a store refusing a value)."""
+    from .errors import UserError
+    from .sqlite_bulk import is_building
+
+    try:
+        return _recreate(target, record, tags)
+    except UserError:
+        raise
+    except Exception as exc:  # MlflowException, sqlalchemy's errors: the store refused this run
+        written = ("nothing was written: the new store was discarded" if is_building(target.uri)
+                   else "the runs before it were written, and importing again skips them")
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise ConfigError(f"The run of trial {record.get('trial_id', '?')} in {target.path} could not be made again "
+                          f"in the MLflow store ({type(exc).__name__}: {detail}); {written}. If the line is damaged, "
+                          "export the sweep again; if the store refused it, fix the store and import again.") from None
+
+
+def _recreate_share(uri: str, experiment_id: str, path: str, share: list[tuple[dict[str, Any], dict[str, str]]],
+                    send) -> None:
+    """A worker process's share of :func:`_recreate_all` (a store being built: written as its builder does); its
+    error, one paragraph, goes back through ``send`` and the process exits 1."""
+    import sys
+
+    from .sqlite_bulk import without_waiting
+
+    try:
+        with without_waiting(uri):
+            target = _Target(make_client(uri), experiment_id, path, uri)
+            for record, tags in share:
+                _recreate_one(target, record, tags)
+    except BaseException as exc:
+        send.send(str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}")
+        sys.exit(1)
 
 
 def _import_parent(target: _Target, sweep: str, exported: list[dict[str, Any]], trials: int) -> str:
@@ -198,23 +299,23 @@ def _import_records(records: list[dict[str, Any]], uri: str, experiment: str, sw
     from .tracking import analyze_sqlite
 
     client = make_client(uri)
-    target = _Target(client, get_or_create_experiment(client, experiment, uri), path)
+    target = _Target(client, get_or_create_experiment(client, experiment, uri), path, uri)
     trials = [r for r in records if r.get("kind") != PARENT_KIND]
     parent_id = _import_parent(target, sweep, [r for r in records if r.get("kind") == PARENT_KIND],
                                len(names) or len(trials))
     existing = trial_runs(client, target.experiment_id, sweep)
     adopt(client, parent_id, (run for mine in existing.values() for run in mine), names)
     done = {trial_id for trial_id, runs in existing.items() if trial_state(runs)[0] == "finished"}
-    imported = skipped = 0
+    todo: list[tuple[dict[str, Any], dict[str, str]]] = []
     for record in trials:
         if record["trial_id"] in done:
-            skipped += 1
             continue
         if record["run_name"] == record["trial_id"] and record["trial_id"] in names:
             record = {**record, "run_name": names[record["trial_id"]]}
-        _recreate(target, record, {**record["tags"], PARENT_TAG: parent_id})
+        todo.append((record, {**record["tags"], PARENT_TAG: parent_id}))
         done.add(record["trial_id"])
-        imported += 1
+    _recreate_all(target, uri, todo)
+    imported, skipped = len(todo), len(trials) - len(todo)
     if imported:
         bump_generation(client, parent_id)  # runs with their exported (earlier) end times: re-read local copies
         analyze_sqlite(uri)  # fresh statistics for the query planner (see tracking.analyze_sqlite)

@@ -58,23 +58,13 @@ def built_aside(uri: str) -> Iterator[str]:
     if final is None:
         yield uri
         return
-    import sqlalchemy
-
     # a name of its own per build: MLflow keeps one store object per URI for the process's life, whose
     # connections would still point at an earlier build's removed file
     building = final.resolve().with_name(f".{final.name}.importing-{os.getpid()}-{secrets.token_hex(4)}")
     _remove_killed_builds(final)
-
-    def no_waiting(connection, _record) -> None:  # SQLAlchemy's "connect" listener signature
-        if type(connection).__module__.startswith("sqlite3"):
-            files = {os.path.realpath(row[2]) for row in connection.execute("PRAGMA database_list") if row[2]}
-            if str(building) in files:
-                connection.execute("PRAGMA synchronous=OFF")
-                connection.execute("PRAGMA journal_mode=MEMORY")
-
-    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", no_waiting)
     try:
-        yield f"sqlite:///{building}"
+        with without_waiting(f"sqlite:///{building}"):
+            yield f"sqlite:///{building}"
         _fsync(building)
         try:
             os.link(building, final)  # never replaces a store that appeared meanwhile
@@ -84,6 +74,33 @@ def built_aside(uri: str) -> Iterator[str]:
                                 "and skips the trials that already have a FINISHED run there.") from None
         _fsync(final.parent)
     finally:
-        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "connect", no_waiting)
         for leftover in (building, building.with_name(building.name + "-journal")):
             leftover.unlink(missing_ok=True)
+
+
+def is_building(uri: str) -> bool:
+    """Whether ``uri`` is a store :func:`built_aside` is building (nobody reads it until it is complete)."""
+    return uri.startswith("sqlite:///") and ".importing-" in Path(uri[len("sqlite:///"):]).name
+
+
+@contextlib.contextmanager
+def without_waiting(uri: str) -> Iterator[None]:
+    """In the block, this process's new connections to the SQLite file of ``uri`` neither fsync nor write their
+    journal to disk (``synchronous=OFF``, ``journal_mode=MEMORY``): only for a file :func:`built_aside` builds,
+    which is discarded whole if anything fails. Every process writing that file enters it (import's workers)."""
+    import sqlalchemy
+
+    path = os.path.realpath(uri[len("sqlite:///"):])
+
+    def no_waiting(connection, _record) -> None:  # SQLAlchemy's "connect" listener signature
+        if type(connection).__module__.startswith("sqlite3"):
+            files = {os.path.realpath(row[2]) for row in connection.execute("PRAGMA database_list") if row[2]}
+            if path in files:
+                connection.execute("PRAGMA synchronous=OFF")
+                connection.execute("PRAGMA journal_mode=MEMORY")
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", no_waiting)
+    try:
+        yield
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "connect", no_waiting)
