@@ -272,13 +272,17 @@ def test_expansion_makes_each_combination_once_and_each_seed_the_same_as_from_sc
     monkeypatch.setattr(config_module.TrialConfig, "resolved", counted)
     fast = load_sweep(sweep, base_dir=tmp_path, overrides=seeds).trials
     assert len(fast) == 3 * 144 and sum(made.values()) == 144  # once per combination, none per other seed
+    # a saved sweep's trials (resume, status, audit by name) are read back the same way
+    memo = sweep_module.SeedlessMemo()
+    assert [sweep_module.Trial.from_json(json.loads(json.dumps(t.to_json())), memo) for t in fast] == list(fast)
+    assert sum(made.values()) == 2 * 144
 
     class FromScratch:
         def made(self, values):
             config = config_module.make_trial_config(values, validate=False).resolved()
             return config, sweep_module._science(config)
 
-    monkeypatch.setattr(sweep_module, "_SeedlessMemo", FromScratch)
+    monkeypatch.setattr(sweep_module, "SeedlessMemo", FromScratch)
     slow = load_sweep(sweep, base_dir=tmp_path, overrides=seeds).trials
     assert [(t.trial_id, t.group, t.config) for t in fast] == [(t.trial_id, t.group, t.config) for t in slow]
     assert len({t.trial_id for t in fast}) == len(fast) and {t.config.seed for t in fast} == {0, 1, 7}

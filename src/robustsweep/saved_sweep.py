@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .errors import UserError
 from .preflight import resolve_folder
 from .storage import storage_file
-from .sweep import SAFE_NAME, SweepOverrides, SweepSpec, Trial, load_sweep
+from .sweep import SAFE_NAME, SeedlessMemo, SweepOverrides, SweepSpec, Trial, load_sweep
 
 if TYPE_CHECKING:
     from .search import Search
@@ -112,7 +112,8 @@ class SavedSweep:
     @functools.cached_property
     def trials(self) -> list[Trial]:
         try:
-            return [Trial.from_json(t) for t in self.saved_trials]
+            made = SeedlessMemo()  # each combination of settings made once, copied for its other seeds
+            return [Trial.from_json(t, made) for t in self.saved_trials]
         except (ValueError, KeyError, TypeError, UserError) as exc:
             raise _unreadable(*self.where, exc) from None
 

@@ -124,9 +124,10 @@ class Trial:
                 "settings": self.config.to_dict()}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Trial":
-        return cls(data["trial_id"], data["group"], Resources(**data["resources"]),
-                   make_trial_config(data["settings"], validate=False).resolved())
+    def from_json(cls, data: Mapping[str, Any], made: "SeedlessMemo | None" = None) -> "Trial":
+        """A saved trial (``to_json``); ``made``: a memo shared by the trials of one sweep (its seeds)."""
+        config, _ = (made or SeedlessMemo()).made(data["settings"])
+        return cls(data["trial_id"], data["group"], Resources(**data["resources"]), config)
 
 
 @dataclass(frozen=True)
@@ -609,7 +610,7 @@ def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:
     trials: list[Trial] = []
     seen: dict[TrialConfig, str] = {}
     paths: dict[tuple[str, str], str] = {}
-    seedless = _SeedlessMemo()
+    seedless = SeedlessMemo()
     for gi, group in enumerate(spec.groups):
         keys = list(group.grid)
         combos = itertools.product(group.points, itertools.product(*(group.grid[k] for k in keys)), group.seeds)
@@ -636,7 +637,7 @@ def _expand(spec: SweepSpec, where: _Where, base_dir: Path) -> list[Trial]:
     return trials
 
 
-class _SeedlessMemo:
+class SeedlessMemo:
     """Trial configs (and their identifying settings) made once per combination of settings and reused for
     each of its seeds: the seed is the one setting a resolved config's other values never depend on, and
     sweeps reach thousands of trials by seeds (issue 23: expansion was a quarter of audit and launch at
@@ -646,7 +647,8 @@ class _SeedlessMemo:
         self._made: dict[str, tuple[TrialConfig, dict[str, Any]]] = {}
         self._default_seed = TrialConfig().seed
 
-    def made(self, values: dict[str, Any]) -> tuple[TrialConfig, dict[str, Any]]:
+    def made(self, values: Mapping[str, Any]) -> tuple[TrialConfig, dict[str, Any]]:
+        """(the resolved config of the settings ``values``, the settings that identify it: see _science)."""
         key = repr(sorted((k, v) for k, v in values.items() if k != "seed"))
         if key not in self._made:
             config = make_trial_config(values, validate=False).resolved()
@@ -655,7 +657,7 @@ class _SeedlessMemo:
             self._made[key] = config, science
             return config, self._with_seed(science, config.seed)
         config, science = self._made[key]
-        seed = coerce("seed", values["seed"])
+        seed = coerce("seed", values.get("seed", self._default_seed))
         config = copy.copy(config)  # dataclasses.replace, without re-running __init__'s 60 fields
         object.__setattr__(config, "seed", seed)
         config.validate()
