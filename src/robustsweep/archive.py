@@ -176,56 +176,6 @@ def _fill(client: Any, run_id: str, record: dict[str, Any]) -> None:
     _retry_locked(client.set_terminated)(run_id, status=status, end_time=record["end_time"])
 
 
-#: Runs from which an import into a store being built (sqlite_bulk.built_aside) shares them among processes:
-#: MLflow's store spends about 25 ms of CPU a run, and a process costs seconds to start (MLflow's import).
-PARALLEL_FROM = 500
-#: At most this many processes write one SQLite file: beyond it they mostly wait for its lock.
-MAX_PROCESSES = 4
-
-
-def _processes() -> int:
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-                      MAX_PROCESSES))
-
-
-def _recreate_all(target: _Target, uri: str, todo: list[tuple[dict[str, Any], dict[str, str]]]) -> None:
-    """Each (record, tags) made again in the target: by this process alone, except into a store being built
-    (nobody else writes or reads it, and a failure discards it whole), where one share of the runs per core goes
-    to a process of its own (spawned: no MLflow state is inherited) while this one writes the first share. The
-    first failure anywhere stops every process and is the import's error."""
-    from .sqlite_bulk import is_building
-
-    processes = _processes() if is_building(uri) and len(todo) >= PARALLEL_FROM else 1
-    shares = [todo[i::processes] for i in range(processes)]
-    import multiprocessing
-
-    spawn = multiprocessing.get_context("spawn")
-    workers = []
-    for share in shares[1:]:
-        receive, send = spawn.Pipe(duplex=False)
-        worker = spawn.Process(target=_recreate_share, args=(uri, target.experiment_id, target.path, share, send),
-                               name="robustsweep-import", daemon=True)
-        worker.start()
-        send.close()
-        workers.append((worker, receive))
-    try:
-        for record, tags in shares[0]:
-            if any(worker.exitcode for worker, _ in workers):
-                break  # a worker failed: its error is raised below
-            _recreate_one(target, record, tags)
-        for worker, receive in workers:
-            worker.join()
-            if worker.exitcode != 0:
-                message = receive.recv() if receive.poll() else f"its process ended with exit code {worker.exitcode}"
-                raise ConfigError(message)
-    finally:
-        for worker, receive in workers:
-            if worker.is_alive():  # what it wrote goes with the store being built
-                worker.terminate()
-                worker.join()
-            receive.close()
-
-
 def _recreate_one(target: _Target, record: dict[str, Any], tags: dict[str, str]) -> str:
     """:func:`_recreate`, its failure one paragraph naming the run (a damaged line, a store refusing a value)."""
     from .errors import UserError
@@ -242,24 +192,6 @@ def _recreate_one(target: _Target, record: dict[str, Any], tags: dict[str, str])
         raise ConfigError(f"The run of trial {record.get('trial_id', '?')} in {target.path} could not be made again "
                           f"in the MLflow store ({type(exc).__name__}: {detail}); {written}. If the line is damaged, "
                           "export the sweep again; if the store refused it, fix the store and import again.") from None
-
-
-def _recreate_share(uri: str, experiment_id: str, path: str, share: list[tuple[dict[str, Any], dict[str, str]]],
-                    send) -> None:
-    """A worker process's share of :func:`_recreate_all` (a store being built: written as its builder does); its
-    error, one paragraph, goes back through ``send`` and the process exits 1."""
-    import sys
-
-    from .sqlite_bulk import without_waiting
-
-    try:
-        with without_waiting(uri):
-            target = _Target(make_client(uri), experiment_id, path, uri)
-            for record, tags in share:
-                _recreate_one(target, record, tags)
-    except BaseException as exc:
-        send.send(str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}")
-        sys.exit(1)
 
 
 def _import_parent(target: _Target, sweep: str, exported: list[dict[str, Any]], trials: int) -> str:
@@ -314,7 +246,12 @@ def _import_records(records: list[dict[str, Any]], uri: str, experiment: str, sw
             record = {**record, "run_name": names[record["trial_id"]]}
         todo.append((record, {**record["tags"], PARENT_TAG: parent_id}))
         done.add(record["trial_id"])
-    _recreate_all(target, uri, todo)
+    # One run after another. Shared among processes, one a core, an import into a store being built took 260 s
+    # for 10,080 runs against 309 s alone, for 1.4 times the CPU, and as long at 1,440 runs: SQLite lets one
+    # connection write at a time, and MLflow holds the write lock through most of its work on a run
+    # (bench/results-scale.md, eighth session).
+    for record, tags in todo:
+        _recreate_one(target, record, tags)
     imported, skipped = len(todo), len(trials) - len(todo)
     if imported:
         bump_generation(client, parent_id)  # runs with their exported (earlier) end times: re-read local copies

@@ -87,7 +87,7 @@ def is_building(uri: str) -> bool:
 def without_waiting(uri: str) -> Iterator[None]:
     """In the block, this process's new connections to the SQLite file of ``uri`` neither fsync nor write their
     journal to disk (``synchronous=OFF``, ``journal_mode=MEMORY``): only for a file :func:`built_aside` builds,
-    which is discarded whole if anything fails. Every process writing that file enters it (import's workers)."""
+    which is discarded whole if anything fails."""
     import sqlalchemy
 
     path = os.path.realpath(uri[len("sqlite:///"):])
