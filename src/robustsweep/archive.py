@@ -189,7 +189,8 @@ def _recreate_one(target: _Target, record: dict[str, Any], tags: dict[str, str])
         written = ("nothing was written: the new store was discarded" if is_building(target.uri)
                    else "the runs before it were written, and importing again skips them")
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        raise ConfigError(f"The run of trial {record.get('trial_id', '?')} in {target.path} could not be made again "
+        which = f"The run of trial {record['trial_id']}" if record.get("trial_id") else "The sweep's parent run"
+        raise ConfigError(f"{which} in {target.path} could not be made again "
                           f"in the MLflow store ({type(exc).__name__}: {detail}); {written}. If the line is damaged, "
                           "export the sweep again; if the store refused it, fix the store and import again.") from None
 
@@ -202,7 +203,7 @@ def _import_parent(target: _Target, sweep: str, exported: list[dict[str, Any]], 
     if have:
         return have[0].info.run_id
     if exported:
-        return _recreate(target, exported[0], dict(exported[0]["tags"]))
+        return _recreate_one(target, exported[0], dict(exported[0]["tags"]))
     return new_finished_parent(target.client, target.experiment_id, sweep, trials)
 
 
