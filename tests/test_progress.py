@@ -11,3 +11,17 @@ def test_time_left_is_remaining_trials_times_the_mean_duration_over_the_trials_a
                                                      "(mean 2 h 00 min a trial over 1 finished, 1 at a time)")
     assert progress_line(0, 5, [], 2) == "0/5 trials done; time left unknown until a trial finishes"
     assert progress_line(5, 5, [60.0], 2) == "5/5 trials done"
+
+
+def test_trials_at_once_is_their_summed_time_over_the_time_any_ran():
+    from robustsweep.progress import observed_at_once
+
+    # two at a time for an hour (0-60 and 0-60 min, then 60-120 twice), a break, then one alone for 30 min:
+    # 270 trial-minutes over 150 busy minutes = 1.8 -> 2; the two-hour break between sessions does not count
+    hour = 3600.0
+    two_then_one = [(0, hour), (0, hour), (hour, 2 * hour), (hour, 2 * hour), (4 * hour, 4.5 * hour)]
+    assert observed_at_once(two_then_one) == 2
+    assert observed_at_once([(0, 10), (10, 20), (20, 30)]) == 1  # one after another
+    assert observed_at_once([(0, 100), (50, 150), (60, 70)]) == 1  # 210 trial-s over 150 s: 1.4 -> 1
+    assert observed_at_once([(0, 100), (0, 100), (0, 100), (0, 100)]) == 4
+    assert observed_at_once([]) == 1 and observed_at_once([(5, 5)]) == 1

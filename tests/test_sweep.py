@@ -451,6 +451,26 @@ def test_committed_study_runs_still_match_their_sweep_files_trial_ids():
     assert committed("table1-mnist") and committed("table1-mnist") <= study
 
 
+def test_status_of_a_stopped_sweep_assumes_as_many_trials_at_a_time_as_ran_before(tmp_path, monkeypatch, capsys):
+    # The committed study-scale runs ran two at a time over several sessions, with breaks between them. With no
+    # driver running (after an import on a fresh machine, or a stop), status estimates the rest at two at a time.
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    flags = ["--local", "--gpu", "0", "--only", "mnist-*", "--name", "table1-mnist"]
+    for setting in STUDY_SCALE_FLAGS.settings:
+        flags += ["--set", setting]
+    export = REPO / "results" / "table1-mnist" / "runs.jsonl"
+    assert main(["import", str(export), str(REPO / "sweeps" / "table1.yaml"), *flags]) == 0
+    capsys.readouterr()
+    assert main(["status", "table1-mnist"]) == 0
+    line = re.search(r"progress: (\d+)/144 trials done; about (\d+) h (\d+) min left \(mean (\d+) min a trial over "
+                     r"(\d+) finished, 2 at a time\)", capsys.readouterr().out)
+    assert line, "status did not estimate two at a time"
+    done, hours, minutes, mean = (int(g) for g in line.groups()[:4])
+    assert abs(hours * 60 + minutes - (144 - done) * mean / 2) <= 0.5 * (144 - done) + 1  # (mean is rounded)
+
+
 def test_local_on_a_machine_without_a_gpu_drops_the_files_gpu_share_and_grid_keeps_listed_axis_values(capsys):
     # the real study file asks for 1/16 of a GPU per trial; --local on this CPU-only machine runs it here
     full = load_sweep(REPO / "sweeps" / "table1.yaml", overrides=SweepOverrides(local=True, only=("mnist-*",)))

@@ -13,6 +13,25 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+def observed_at_once(intervals: list[tuple[float, float]]) -> int:
+    """How many trials ran at a time, on average, while any ran: the trials' summed durations over the length
+    of the union of their (start, end) intervals, rounded (at least 1). What ``status`` assumes for the rest
+    of a sweep whose driver is stopped (nothing runs now to count), so that a sweep that ran two at a time
+    is not estimated at twice its time left: breaks between sessions, when nothing ran, do not count."""
+    spans = sorted((start, end) for start, end in intervals if end > start)
+    if not spans:
+        return 1
+    busy, (low, high) = 0.0, spans[0]
+    for start, end in spans[1:]:
+        if start > high:
+            busy += high - low
+            low, high = start, end
+        else:
+            high = max(high, end)
+    busy += high - low
+    return max(1, round(sum(end - start for start, end in spans) / busy))
+
+
 def progress_line(done: int, total: int, durations: list[float], parallel: int) -> str:
     """``12/144 trials done; about 7 h 10 min left (mean 7.2 min a trial, 2 at a time)``.
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from .errors import TrackingUnavailable, UserError
-from .progress import progress_line
+from .progress import observed_at_once, progress_line
 from .storage import driver_state
 from .tracking import filter_value, is_unavailable, make_client
 
@@ -262,7 +262,7 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
     driver = driver_state(saved.storage_path, name)
     counts = {k: 0 for k in STATUS_KEYS}
     failures = []
-    durations = []
+    intervals: list[tuple[float, float]] = []  # the finished trials' (start, end), seconds
     ids, total = list(saved.trial_ids), len(saved.trial_ids)
     if saved.search is not None:
         sampled = searched_ids(runs, saved.search.group)
@@ -272,7 +272,7 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
     for trial_id in ids:  # ids only: the trials' settings are not needed (nor validated) here
         state, run = trial_state(runs.get(trial_id, []))
         if state == "finished" and run.info.end_time and run.info.start_time:
-            durations.append((run.info.end_time - run.info.start_time) / 1000)
+            intervals.append((run.info.start_time / 1000, run.info.end_time / 1000))
         if state == "finished":
             outcome = run.data.tags.get("outcome", "finished")
             counts[outcome if outcome in ("collapsed", "diverged", "pruned") else "finished"] += 1
@@ -285,8 +285,9 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
             if state == "failed":
                 failures.append((trial_id, run.data.tags.get("error", run.info.status)))
     done = sum(counts[k] for k in ("finished", "pruned", "collapsed", "diverged", "failed"))
-    parallel = counts["running"] or saved.max_concurrent or 1
+    # as many at a time as run now; with none running (the driver stopped), as many as ran at a time before
+    parallel = counts["running"] or observed_at_once(intervals)
     return SweepStatus(name, counts, total, saved.tracking_uri, saved.experiment,
                        saved.experiment_dir, failures, driver, experiment_id,
-                       progress_line(done, total, durations, parallel),
+                       progress_line(done, total, [end - start for start, end in intervals], parallel),
                        parent_run_id(client, experiment_id, name) if experiment_id else None)
