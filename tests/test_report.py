@@ -6,6 +6,7 @@ import math
 import re
 import shutil
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -407,10 +408,16 @@ def test_audit_finds_duplicated_stray_and_missing_runs(filled_store, tmp_path, c
 def test_a_damaged_export_is_a_clear_error(tmp_path, filled_store, capsys):
     path, _ = filled_store
     bad = tmp_path / "runs.jsonl"
-    bad.write_text('{"format": "robustsweep-runs/1"}\nnot json\n')
+    good = (Path(__file__).resolve().parents[1] / "results" / "table1-mnist-cpu" / "runs.jsonl").read_text().splitlines()[0]
+    bad.write_text(good + '\nnot json\n')
     assert main(["import", str(bad), str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
     err = capsys.readouterr().err
     assert "line 2, is not JSON" in err and "Traceback" not in err
+    bad.write_text(good + '\n{"format": "robustsweep-runs/1", "run_name": "r", "tags": []}\n')  # JSON, not a run
+    assert main(["import", str(bad), str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert "line 2, lacks trial_id, status, start_time, end_time, tags, params, metrics, inputs" in err
+    assert "Traceback" not in err and not (tmp_path / "x.db").exists()
     assert main(["import", str(tmp_path / "none.jsonl"), str(path)]) == 2
     assert "No exported runs at" in capsys.readouterr().err
 

@@ -258,10 +258,11 @@ def test_expansion_makes_each_combination_once_and_each_seed_the_same_as_from_sc
     # seeds copied from it. Every trial (id, settings) must be the one expansion makes without that shortcut.
     from robustsweep import config as config_module
     from robustsweep import sweep as sweep_module
+    from robustsweep.saved_sweep import _save_spec, load_saved_sweep
     from robustsweep.sweep import SweepOverrides
 
     sweep = _study_sweep(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
-    seeds = SweepOverrides(seeds=(0, 1, 7))
+    seeds = SweepOverrides(seeds=(7, 0, 1))  # the first made of each combination has a seed other than the default
     made = Counter()
     real = config_module.TrialConfig.resolved
 
@@ -270,11 +271,12 @@ def test_expansion_makes_each_combination_once_and_each_seed_the_same_as_from_sc
         return real(self)
 
     monkeypatch.setattr(config_module.TrialConfig, "resolved", counted)
-    fast = load_sweep(sweep, base_dir=tmp_path, overrides=seeds).trials
+    spec = load_sweep(sweep, base_dir=tmp_path, overrides=seeds)
+    fast = spec.trials
     assert len(fast) == 3 * 144 and sum(made.values()) == 144  # once per combination, none per other seed
     # a saved sweep's trials (resume, status, audit by name) are read back the same way
-    memo = sweep_module.SeedlessMemo()
-    assert [sweep_module.Trial.from_json(json.loads(json.dumps(t.to_json())), memo) for t in fast] == list(fast)
+    _save_spec(spec)
+    assert load_saved_sweep(spec.name, spec.storage_path).trials == list(fast)
     assert sum(made.values()) == 2 * 144
 
     class FromScratch:

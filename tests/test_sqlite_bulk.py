@@ -97,8 +97,8 @@ def test_a_store_created_meanwhile_is_never_overwritten(tmp_path, export, monkey
     store = tmp_path / "mlflow.db"
     real = archive._import_records
 
-    def racing(records, uri, *args):
-        result = real(records, uri, *args)
+    def racing(records, uri, *args, **kwargs):
+        result = real(records, uri, *args, **kwargs)
         make_client(f"sqlite:///{store}", log=lambda m: None)  # another process makes the store meanwhile
         return result
 

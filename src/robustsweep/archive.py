@@ -104,6 +104,12 @@ def _batches(params: list[Any], metrics: list[Any], tags: list[Any]) -> Iterator
         yield {"params": take_p, "metrics": take_m, "tags": take_t}
 
 
+#: What each exported line must hold, and its type (trial_id is None only on the sweep's parent run).
+_RECORD_KEYS: dict[str, type | tuple[type, ...]] = {
+    "run_name": str, "trial_id": (str, type(None)), "status": str, "start_time": int, "end_time": (int, type(None)),
+    "tags": dict, "params": dict, "metrics": dict, "inputs": list}
+
+
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
@@ -121,6 +127,11 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise ConfigError(f"{path}, line {number}, is not a run exported by robustsweep (format "
                               f"{FORMAT!r}). Export it again with `robustsweep export`.")
+        missing = [k for k, kind in _RECORD_KEYS.items() if k not in record or not isinstance(record[k], kind)
+                   or (k == "trial_id" and record[k] is None and record.get("kind") != PARENT_KIND)]
+        if missing:
+            raise ConfigError(f"{path}, line {number}, lacks {', '.join(missing)} (or has the wrong type there): the "
+                              "file is damaged. Export it again with `robustsweep export`.")
         records.append(record)
     return records
 
@@ -130,7 +141,7 @@ class _Target:
     client: Any
     experiment_id: str
     path: str  #: the exported file, recorded on each run
-    uri: str = ""  #: the store's
+    building: bool = False  #: a new store being built aside (sqlite_bulk.built_aside): discarded on error
 
 
 def _recreate(target: _Target, record: dict[str, Any], tags: dict[str, str]) -> str:
@@ -146,7 +157,8 @@ def _recreate(target: _Target, record: dict[str, Any], tags: dict[str, str]) -> 
     try:
         _fill(client, run_id, record)
     except BaseException:
-        try:  # no half-made run: MLflow would show it RUNNING, for no driver
+        try:  # no half-made run among the sweep's: ended FAILED and marked deleted (MLflow's UI lists it as such)
+            client.set_terminated(run_id, status="FAILED")
             client.delete_run(run_id)
         except Exception:
             pass  # the store is failing: the error that matters is the first one
@@ -178,16 +190,20 @@ def _fill(client: Any, run_id: str, record: dict[str, Any]) -> None:
 
 def _recreate_one(target: _Target, record: dict[str, Any], tags: dict[str, str]) -> str:
     """:func:`_recreate`, its failure one paragraph naming the run (a damaged line, a store refusing a value)."""
-    from .errors import UserError
-    from .sqlite_bulk import is_building
+    from .errors import TrackingError, UserError
+    from .tracking import is_unavailable
 
+    written = ("nothing was written: the new store was discarded" if target.building
+               else "the runs before it were written, and importing again skips them")
     try:
         return _recreate(target, record, tags)
     except UserError:
         raise
-    except Exception as exc:  # MlflowException, sqlalchemy's errors: the store refused this run
-        written = ("nothing was written: the new store was discarded" if is_building(target.uri)
-                   else "the runs before it were written, and importing again skips them")
+    except Exception as exc:  # MlflowException, sqlalchemy's errors: the store refused this run, or is gone
+        if is_unavailable(exc):
+            raise TrackingError(f"The MLflow tracking server stopped answering during the import ({type(exc).__name__}: "
+                                f"{str(exc).strip()[:200]}); {written}. Start it again (or check the address), then "
+                                "import again.") from None
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         which = f"The run of trial {record['trial_id']}" if record.get("trial_id") else "The sweep's parent run"
         raise ConfigError(f"{which} in {target.path} could not be made again "
@@ -221,18 +237,18 @@ def import_runs(path: str | os.PathLike, uri: str, experiment: str, sweep: str,
                           "sweep's file, or export the right sweep.")
     names = names or {}
     with built_aside(uri) as writing:  # a new SQLite store: built beside its path, without fsync, then moved in
-        return _import_records(records, writing, experiment, sweep, names, str(path))
+        return _import_records(records, writing, experiment, sweep, names, str(path), building=writing != uri)
 
 
 def _import_records(records: list[dict[str, Any]], uri: str, experiment: str, sweep: str, names: dict[str, str],
-                    path: str) -> ImportResult:
+                    path: str, building: bool) -> ImportResult:
     from .run_cache import bump_generation
     from .runs import trial_runs, trial_state
     from .sweep_run import PARENT_TAG, adopt, summarize, trial_counts
     from .tracking import analyze_sqlite
 
     client = make_client(uri)
-    target = _Target(client, get_or_create_experiment(client, experiment, uri), path, uri)
+    target = _Target(client, get_or_create_experiment(client, experiment, uri), path, building)
     trials = [r for r in records if r.get("kind") != PARENT_KIND]
     parent_id = _import_parent(target, sweep, [r for r in records if r.get("kind") == PARENT_KIND],
                                len(names) or len(trials))

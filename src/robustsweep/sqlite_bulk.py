@@ -78,11 +78,6 @@ def built_aside(uri: str) -> Iterator[str]:
             leftover.unlink(missing_ok=True)
 
 
-def is_building(uri: str) -> bool:
-    """Whether ``uri`` is a store :func:`built_aside` is building (nobody reads it until it is complete)."""
-    return uri.startswith("sqlite:///") and ".importing-" in Path(uri[len("sqlite:///"):]).name
-
-
 @contextlib.contextmanager
 def without_waiting(uri: str) -> Iterator[None]:
     """In the block, this process's new connections to the SQLite file of ``uri`` neither fsync nor write their

@@ -652,6 +652,8 @@ class SeedlessMemo:
 
     def made(self, values: Mapping[str, Any]) -> tuple[TrialConfig, dict[str, Any]]:
         """(the resolved config of the settings ``values``, the settings that identify it: see _science)."""
+        if not isinstance(values, Mapping):  # a damaged saved sweep: its reader makes this one paragraph
+            raise TypeError(f"a trial's settings are {type(values).__name__}, not a mapping")
         key = repr(sorted((k, v) for k, v in values.items() if k != "seed"))
         if key not in self._made:
             config = make_trial_config(values, validate=False).resolved()
@@ -667,4 +669,4 @@ class SeedlessMemo:
         return config, self._with_seed(science, seed)
 
     def _with_seed(self, science: dict[str, Any], seed: int) -> dict[str, Any]:
-        return science if seed == self._default_seed else {**science, "seed": seed}
+        return dict(science) if seed == self._default_seed else {**science, "seed": seed}  # never the memo's own
