@@ -189,27 +189,31 @@ def test_saved_sweep_is_replaced_whole_or_not_at_all(tmp_path, mnist_root, monke
 
 
 def test_status_tells_interrupted_from_running_and_counts_collapsed(tmp_path, mnist_root, capsys):
-    spec = load_sweep(tiny_sweep(tmp_path, mnist_root, groups="[{name: g, grid: {lr: [0.01, 0.02, 0.03, 0.04]}}]"))
+    spec = load_sweep(tiny_sweep(tmp_path, mnist_root, groups="[{name: g, grid: {lr: [0.01, 0.02, 0.03, 0.04, 0.05]}}]"))
     _save_spec(spec)
     client = MlflowClient(spec.tracking_uri)
     experiment = client.create_experiment("s")
     ids = [t.trial_id for t in spec.trials]
-    for trial_id, state, outcome in ((ids[0], "FINISHED", "collapsed"), (ids[1], "FINISHED", "finished"),
-                                     (ids[2], "RUNNING", None)):
-        run = client.create_run(experiment, tags={"sweep": "s", "trial_id": trial_id,
-                                                  **({"outcome": outcome} if outcome else {})})
-        if state == "FINISHED":
-            client.set_terminated(run.info.run_id)
+    # the last: ended FAILED by its sweep's stop (SIGTERM, Ctrl-C), which `resume` continues from its checkpoint
+    stopped = {"error": "TrialInterrupted: the sweep stopped while this trial ran (after its epoch 4): ...",
+               "outcome": "failed", "retryable": "1", "failed_attempts": "1"}
+    for trial_id, state, tags in ((ids[0], "FINISHED", {"outcome": "collapsed"}),
+                                  (ids[1], "FINISHED", {"outcome": "finished"}), (ids[2], "RUNNING", {}),
+                                  (ids[4], "FAILED", stopped)):
+        run = client.create_run(experiment, tags={"sweep": "s", "trial_id": trial_id, **tags})
+        if state != "RUNNING":
+            client.set_terminated(run.info.run_id, status=state)
     storage = str(tmp_path / "ray_results")
     common = {"pending": 1, "finished": 1, "pruned": 0, "collapsed": 1, "diverged": 0, "failed": 0}
-    # no driver: the RUNNING run was left by a killed one
-    assert status("s", storage).counts == {**common, "running": 0, "interrupted": 1}
+    # no driver: the RUNNING run was left by a killed one, the FAILED one by a stopped one: both interrupted
+    assert status("s", storage).counts == {**common, "running": 0, "interrupted": 2}
+    assert status("s", storage).progress.startswith("2/5 trials done")
     assert main(["status", "s", "--storage-path", storage]) == 0
     out = capsys.readouterr().out
-    assert "no driver is running" in out and "interrupted  1  (no live Ray trial" in out
+    assert "no driver is running" in out and "interrupted  2  (no live Ray trial" in out
     assert f"/#/experiments/{experiment}/runs?workflowType=machine_learning" in out  # straight to the runs table
-    with driver_record(storage, "s"):  # this process, alive: running
-        assert status("s", storage).counts == {**common, "running": 1, "interrupted": 0}
+    with driver_record(storage, "s"):  # this process, alive: running (the stopped one: Ray tries it again)
+        assert status("s", storage).counts == {**common, "running": 2, "interrupted": 0}
     record = tmp_path / "ray_results" / "s" / "robustsweep-driver.json"
     assert not record.exists()  # a clean exit removes the record
     dead = os.fork()
@@ -219,9 +223,9 @@ def test_status_tells_interrupted_from_running_and_counts_collapsed(tmp_path, mn
     import socket
 
     record.write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "start_ticks": "1"}))
-    assert status("s", storage).counts["interrupted"] == 1  # a record whose process is gone
+    assert status("s", storage).counts["interrupted"] == 2  # a record whose process is gone
     record.write_text(json.dumps({"host": "some-other-host", "pid": 1}))
-    assert status("s", storage).counts["running"] == 1  # a driver elsewhere: cannot tell, say running
+    assert status("s", storage).counts["running"] == 2  # a driver elsewhere: cannot tell, say running
 
 
 # ---------------------------------------------------------------------------------------------

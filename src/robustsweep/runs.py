@@ -246,6 +246,12 @@ def _ray_retries(run, max_failures: int) -> bool:
     return tags.get("retryable") == "1" and 0 < attempts <= max_failures
 
 
+def _stopped_with_its_sweep(run) -> bool:
+    """Whether the run ended FAILED because its sweep stopped mid-trial (ray_backend.TrialInterrupted, named here
+    by its text: this module does not import Ray)."""
+    return run.data.tags.get("error", "").startswith("TrialInterrupted: ")
+
+
 #: Trial states that `status` counts, in the order it prints them.
 STATUS_KEYS = ("pending", "running", "interrupted", "finished", "pruned", "collapsed", "diverged", "failed")
 
@@ -277,6 +283,8 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
             outcome = run.data.tags.get("outcome", "finished")
             counts[outcome if outcome in ("collapsed", "diverged", "pruned") else "finished"] += 1
         elif state == "running":
+            counts["interrupted" if driver == "gone" else "running"] += 1
+        elif state == "failed" and _stopped_with_its_sweep(run):  # `resume` continues it: not done
             counts["interrupted" if driver == "gone" else "running"] += 1
         elif state == "failed" and driver != "gone" and _ray_retries(run, saved.max_failures):
             counts["running"] += 1  # a failed attempt that Ray, still driving the sweep, tries again
