@@ -637,7 +637,7 @@ def test_sweeps_of_one_grid_report_as_one_state_their_scale_and_compare_verdicts
     assert "PGD against AutoAttack on the same images" in page
     # the Scale section: verdicts here beside the other sweep's, each change named
     assert main(["report", str(extra), "--compare", str(path), "--out", str(tmp_path / "cmp")]) == 0
-    scale = pd.read_csv(tmp_path / "cmp" / "scale.csv").fillna("")
+    scale = pd.read_csv(tmp_path / "cmp" / "scale.csv", keep_default_na=False)  # empty cells as ""
     assert {"verdict (rep)", "verdict (rep-seed2)", "changed"} <= set(scale.columns)
     assert all((c == "") == (a == b) for a, b, c in zip(scale["verdict (rep)"], scale["verdict (rep-seed2)"],
                                                           scale["changed"]))
