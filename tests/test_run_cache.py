@@ -150,3 +150,21 @@ def test_a_damaged_copy_or_the_cache_off_means_a_full_read(tmp_path, monkeypatch
     before = time.time()
     assert read_sweep_runs_cached(uri, spec.experiment, spec.name)[3] is None
     assert not path.exists() and time.time() - before < 60
+
+
+def test_an_import_leaves_the_local_copy_up_to_date(tmp_path, monkeypatch):
+    # A fresh machine: import the export, then status. The import's own read of the sweep's runs (for the parent's
+    # counts) went through the copy, so status reads only what can have changed: never the sweep's runs in full.
+    from robustsweep import runs as runs_module
+    from robustsweep.runs import status
+    from robustsweep.saved_sweep import _save_spec
+
+    uri, spec, _, _ = _store(tmp_path, 6)
+    _save_spec(spec)
+
+    def full_read(*args, **kwargs):
+        raise AssertionError("status read the sweep's runs in full")
+
+    monkeypatch.setattr(runs_module, "trial_runs", full_read)
+    counts = status(spec.name, spec.storage_path).counts
+    assert counts["finished"] + counts["collapsed"] == 6 and counts["pending"] == len(spec.trials) - 6

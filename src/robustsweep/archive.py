@@ -237,14 +237,26 @@ def import_runs(path: str | os.PathLike, uri: str, experiment: str, sweep: str,
                           "sweep's file, or export the right sweep.")
     names = names or {}
     with built_aside(uri) as writing:  # a new SQLite store: built beside its path, without fsync, then moved in
-        return _import_records(records, writing, experiment, sweep, names, str(path), building=writing != uri)
+        result, parent_id = _import_records(records, writing, experiment, sweep, names, str(path),
+                                            building=writing != uri)
+    if names or result.imported:
+        # One read of the sweep's runs, in place, through the local copy of its ended runs (robustsweep.run_cache),
+        # which it leaves up to date: the status, audit or report that follows an import re-reads nothing.
+        from .runs import read_sweep_runs_cached
+        from .sweep_run import summarize, trial_counts
+
+        runs = read_sweep_runs_cached(uri, experiment, sweep)[2]
+        if names:  # the parent run's counts by state
+            summarize(make_client(uri), parent_id, trial_counts(names, runs), len(names))
+    return result
 
 
 def _import_records(records: list[dict[str, Any]], uri: str, experiment: str, sweep: str, names: dict[str, str],
-                    path: str, building: bool) -> ImportResult:
+                    path: str, building: bool) -> tuple[ImportResult, str]:
+    """The import's writes (into ``uri``, a store being built where ``building``): (its result, the parent's id)."""
     from .run_cache import bump_generation
     from .runs import trial_runs, trial_state
-    from .sweep_run import PARENT_TAG, adopt, summarize, trial_counts
+    from .sweep_run import PARENT_TAG, adopt
     from .tracking import analyze_sqlite
 
     client = make_client(uri)
@@ -273,6 +285,4 @@ def _import_records(records: list[dict[str, Any]], uri: str, experiment: str, sw
     if imported:
         bump_generation(client, parent_id)  # runs with their exported (earlier) end times: re-read local copies
         analyze_sqlite(uri)  # fresh statistics for the query planner (see tracking.analyze_sqlite)
-    if names:
-        summarize(client, parent_id, trial_counts(names, trial_runs(client, target.experiment_id, sweep)), len(names))
-    return ImportResult(imported, skipped, target.experiment_id)
+    return ImportResult(imported, skipped, target.experiment_id), parent_id
