@@ -277,7 +277,7 @@ def _import_records(records: list[dict[str, Any]], uri: str, experiment: str, sw
         todo.append((record, {**record["tags"], PARENT_TAG: parent_id}))
         done.add(record["trial_id"])
     # One run after another. Shared among processes, one a core, an import into a store being built took 260 s
-    # for 10,080 runs against 309 s alone, for 1.4 times the CPU, and as long at 1,440 runs: SQLite lets one
+    # for 10,080 runs against 309 s alone, for 1.3 times the CPU, and as long at 1,440 runs: SQLite lets one
     # connection write at a time, and MLflow holds the write lock through most of its work on a run
     # (bench/results-scale.md, eighth session).
     for record, tags in todo:
