@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ConfigError
-from .tracking import get_or_create_experiment, make_client
+from .errors import ConfigError, TrackingError, UserError
+from .tracking import get_or_create_experiment, is_unavailable, make_client
 
 FORMAT = "robustsweep-runs/1"
 #: Tags MLflow sets or derives itself: not copied, they would describe the exporting machine.
@@ -190,9 +190,6 @@ def _fill(client: Any, run_id: str, record: dict[str, Any]) -> None:
 
 def _recreate_one(target: _Target, record: dict[str, Any], tags: dict[str, str]) -> str:
     """:func:`_recreate`, its failure one paragraph naming the run (a damaged line, a store refusing a value)."""
-    from .errors import TrackingError, UserError
-    from .tracking import is_unavailable
-
     written = ("nothing was written: the new store was discarded" if target.building
                else "the runs before it were written, and importing again skips them")
     try:
@@ -268,21 +265,20 @@ def _import_records(records: list[dict[str, Any]], uri: str, experiment: str, sw
     existing = trial_runs(client, target.experiment_id, sweep)
     adopt(client, parent_id, (run for mine in existing.values() for run in mine), names)
     done = {trial_id for trial_id, runs in existing.items() if trial_state(runs)[0] == "finished"}
-    todo: list[tuple[dict[str, Any], dict[str, str]]] = []
-    for record in trials:
-        if record["trial_id"] in done:
-            continue
-        if record["run_name"] == record["trial_id"] and record["trial_id"] in names:
-            record = {**record, "run_name": names[record["trial_id"]]}
-        todo.append((record, {**record["tags"], PARENT_TAG: parent_id}))
-        done.add(record["trial_id"])
     # One run after another. Shared among processes, one a core, an import into a store being built took 260 s
     # for 10,080 runs against 309 s alone, for 1.3 times the CPU, and as long at 1,440 runs: SQLite lets one
     # connection write at a time, and MLflow holds the write lock through most of its work on a run
     # (bench/results-scale.md, eighth session).
-    for record, tags in todo:
-        _recreate_one(target, record, tags)
-    imported, skipped = len(todo), len(trials) - len(todo)
+    imported = skipped = 0
+    for record in trials:
+        if record["trial_id"] in done:
+            skipped += 1
+            continue
+        if record["run_name"] == record["trial_id"] and record["trial_id"] in names:
+            record = {**record, "run_name": names[record["trial_id"]]}
+        _recreate_one(target, record, {**record["tags"], PARENT_TAG: parent_id})
+        done.add(record["trial_id"])
+        imported += 1
     if imported:
         bump_generation(client, parent_id)  # runs with their exported (earlier) end times: re-read local copies
         analyze_sqlite(uri)  # fresh statistics for the query planner (see tracking.analyze_sqlite)

@@ -63,7 +63,7 @@ def built_aside(uri: str) -> Iterator[str]:
     building = final.resolve().with_name(f".{final.name}.importing-{os.getpid()}-{secrets.token_hex(4)}")
     _remove_killed_builds(final)
     try:
-        with without_waiting(f"sqlite:///{building}"):
+        with without_waiting(building):
             yield f"sqlite:///{building}"
         _fsync(building)
         try:
@@ -79,13 +79,13 @@ def built_aside(uri: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def without_waiting(uri: str) -> Iterator[None]:
-    """In the block, this process's new connections to the SQLite file of ``uri`` neither fsync nor write their
+def without_waiting(building: Path) -> Iterator[None]:
+    """In the block, this process's new connections to the SQLite file ``building`` neither fsync nor write their
     journal to disk (``synchronous=OFF``, ``journal_mode=MEMORY``): only for a file :func:`built_aside` builds,
     which is discarded whole if anything fails."""
     import sqlalchemy
 
-    path = os.path.realpath(uri[len("sqlite:///"):])
+    path = os.path.realpath(building)
 
     def no_waiting(connection, _record) -> None:  # SQLAlchemy's "connect" listener signature
         if type(connection).__module__.startswith("sqlite3"):
