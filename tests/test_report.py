@@ -722,6 +722,30 @@ def test_tables_format_each_metric_column_one_way():
         assert len(decimals) == 1, (column, list(table[column]))
 
 
+def test_cost_table_has_every_phase_the_runs_took_in_their_order_and_sums_what_each_variant_took():
+    """The study-scale run's cost table left out AutoAttack and the trace (a fixed list of the study's
+    phases), the second-largest cost of its trials."""
+    from robustsweep.report.tables import cost_table
+
+    nan = np.nan
+    runs = pd.DataFrame({"variant": ["sgd", "sgd", "adam"], "seconds_training": [100.0, 200.0, 300.0],
+                         "seconds_test_passes": [10.0, 20.0, 30.0], "seconds_clean_eval": [1.0, 1.0, 1.0],
+                         "seconds_fgsm": [nan, nan, nan], "seconds_pgd": [5.0, 7.0, 9.0],
+                         "seconds_autoattack": [50.0, 70.0, nan], "seconds_hessian_trace": [3.0, 5.0, 7.0],
+                         "seconds_my_probe": [1.0, 1.0, 1.0]})
+    cost = cost_table(runs).set_index("variant")
+    assert list(cost.columns) == ["trials", "training", "test passes, all epochs", "clean evaluation", "PGD",
+                                  "AutoAttack (APGD-CE + APGD-T)", "Hessian trace", "my_probe",
+                                  "sum of phases, s/trial"]
+    assert cost.loc["sgd", "AutoAttack (APGD-CE + APGD-T)"] == 60
+    assert cost.loc["sgd", "sum of phases, s/trial"] == 150 + 15 + 1 + 6 + 60 + 4 + 1
+    assert math.isnan(cost.loc["adam", "AutoAttack (APGD-CE + APGD-T)"])
+    assert cost.loc["adam", "sum of phases, s/trial"] == 300 + 30 + 1 + 9 + 7 + 1
+    assert cost.loc["all (hours, summed)", "AutoAttack (APGD-CE + APGD-T)"] == round(120 / 3600, 3)
+    assert cost.loc["all (hours, summed)", "sum of phases, s/trial"] == round(
+        (600 + 60 + 3 + 21 + 120 + 15 + 3) / 3600, 3)
+
+
 def test_eigenvalue_panels_draw_the_edge_of_stability_2_over_lr_for_constant_rate_sgd_runs():
     import matplotlib.pyplot as plt
 

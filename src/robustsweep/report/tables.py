@@ -7,6 +7,9 @@ import math
 
 import pandas as pd
 
+from .. import measurements
+from ..metrics import phase_seconds_key
+
 #: The configuration a table row stands for (seeds are aggregated over).
 ROW_KEYS = ["variant", "batch_size", "lr", "lr_batch_ratio", "momentum", "weight_decay", "schedule", "epochs"]
 
@@ -120,27 +123,38 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
-#: Where a trial's time went, in the order it is spent (columns of runs.csv, seconds).
-COST_COLUMNS = {"seconds_training": "training", "seconds_test_passes": "test pass per epoch",
-                "seconds_clean_eval": "clean evaluation", "seconds_fgsm": "FGSM", "seconds_pgd": "PGD",
-                "seconds_hessian": "Hessian"}
+#: The phases every trial spends its time in, in order (columns of runs.csv, seconds); the test passes
+#: are summed over the epochs. The measurements' phases (``seconds_<phase>``) follow them.
+TRAINING_COST_COLUMNS = {"seconds_training": "training", "seconds_test_passes": "test passes, all epochs",
+                         "seconds_clean_eval": "clean evaluation"}
+
+
+def _cost_columns(runs: pd.DataFrame) -> dict[str, str]:
+    """runs.csv's seconds columns that some run has, each with its label: training's first, then every
+    measurement's phase in the order the runs took them (built-ins by their label, plugins' by phase)."""
+    labels = {phase_seconds_key(cls.phase): cls.label for cls in measurements.BUILTIN.values()}
+    phases = [c for c in runs if c.startswith("seconds_") and c not in TRAINING_COST_COLUMNS]
+    named = {**TRAINING_COST_COLUMNS, **{c: labels.get(c, c.removeprefix("seconds_")) for c in phases}}
+    return {c: label for c, label in named.items() if c in runs and runs[c].notna().any()}
 
 
 def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean seconds per trial in each phase, per variant, and the sweep's total hours (a last row).
 
     Process start, data loading and MLflow are not in the phases: the sum is a lower bound on a
-    trial's wall time."""
-    present = [c for c in COST_COLUMNS if c in runs and runs[c].notna().any()]
-    if runs.empty or not present:
+    trial's wall time. A variant none of whose runs took a phase has no mean there, and its sum leaves
+    that phase out."""
+    columns = _cost_columns(runs)
+    if runs.empty or not columns:
         return pd.DataFrame()
     rows = []
     for variant, part in runs.groupby("variant"):
         row = {"variant": variant, "trials": len(part)}
-        row.update({COST_COLUMNS[c]: round(float(part[c].mean()), 2) for c in present})
-        row["sum of phases, s/trial"] = round(sum(float(part[c].mean()) for c in present), 2)
+        means = {label: float(part[c].mean()) for c, label in columns.items()}
+        row.update({label: round(mean, 2) for label, mean in means.items()})
+        row["sum of phases, s/trial"] = round(sum(m for m in means.values() if not math.isnan(m)), 2)
         rows.append(row)
     total = {"variant": "all (hours, summed)", "trials": len(runs)}
-    total.update({COST_COLUMNS[c]: round(float(runs[c].sum()) / 3600, 3) for c in present})
-    total["sum of phases, s/trial"] = round(sum(float(runs[c].sum()) for c in present) / 3600, 3)
+    total.update({label: round(float(runs[c].sum()) / 3600, 3) for c, label in columns.items()})
+    total["sum of phases, s/trial"] = round(sum(float(runs[c].sum()) for c in columns) / 3600, 3)
     return pd.DataFrame(rows + [total])
