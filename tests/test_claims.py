@@ -340,6 +340,65 @@ def test_the_committed_study_run_has_every_claim():
     assert set(table[table["dataset"] == "cifar10"]["verdict"]) == {"not run"}
 
 
+# ------------------------------------------------------------------------------ the under-training control
+
+
+def _fitted(value, stopped=(3, 4, 6, 9, 14, 25)) -> list[dict]:
+    """The control: plain SGD at lr 0.1, seed 0, trained to 99% training accuracy (at most 150 epochs)."""
+    return grid(lambda s, i: {**value(s, i), "stopped_epoch": stopped[i], "reached_stop_train_acc": 1.0},
+                seeds=(0,), lr=0.1, stop_train_acc=0.99, epochs=150)
+
+
+def _fixed_epochs(value):
+    return [{**r, "epochs": 30, "stop_train_acc": np.nan} for r in _constant_lr(value)]
+
+
+def test_claims_leave_out_runs_trained_to_a_training_accuracy():
+    """The control's runs share every setting the claims select by with table1's lr 0.1 runs: counted in,
+    they would be a second seed-0 run at each batch size (and reverse a trend here)."""
+    fixed = _fixed_epochs(lambda s, i, lr: {**every(0.95 - 0.01 * i), "hessian_top_eig": 10 * 1.5 ** i})
+    control = _fitted(lambda s, i: {**every(0.9 + 0.01 * i), "hessian_top_eig": 10 * 0.5 ** i})
+    alone = claims_table(evaluate_claims(pd.DataFrame(fixed), EPS))
+    assert set(alone.loc[alone["id"].str.startswith("mnist-large-batch"), "verdict"]) == {"supported"}
+    pd.testing.assert_frame_equal(claims_table(evaluate_claims(pd.DataFrame(fixed + control), EPS)), alone)
+
+
+def test_the_control_tests_take_away_1s_trends_on_the_fitted_runs_beside_the_fixed_epochs_ones():
+    from robustsweep.report.control import fit_control
+
+    # at 30 epochs everything falls with the batch size and the eigenvalue rises; fitted, clean accuracy still
+    # falls, robustness does not move (noise) and the eigenvalue falls
+    rng = np.random.default_rng(3)
+    fixed = _fixed_epochs(lambda s, i, lr: {**every(0.95 - 0.01 * i), "hessian_top_eig": 10 * 1.5 ** i})
+    control = _fitted(lambda s, i: {**every(0.8 + 0.01 * rng.normal()), "clean_acc": 0.99 - 0.001 * i,
+                                    "hessian_top_eig": 10 * 0.8 ** i})
+    result = fit_control(pd.DataFrame(fixed + control), EPS)
+    table = result.verdicts.set_index(["id", "eps"])
+    assert list(table.index) == [("mnist-large-batch-lowers-clean-accuracy", ""),
+                                 ("mnist-large-batch-lowers-robustness", "0.03"),
+                                 ("mnist-large-batch-lowers-robustness", "0.15"),
+                                 ("mnist-large-batch-sharpens-minima", "")]
+    assert list(table["verdict, fixed epochs"]) == ["supported"] * 4
+    assert list(table["verdict, fitted"]) == ["supported", "inconclusive", "inconclusive", "contradicted"]
+    assert list(table["answer"]) == ["survives fitting", "not shown once fitted", "not shown once fitted",
+                                     "reversed once fitted"]
+    # like for like: the fixed-epochs side is the control's rate and seed only (n=6, one seed), not lr 0.01
+    # nor seeds 1 and 2
+    for side in ("statistic, fixed epochs", "statistic, fitted"):
+        statistic = table.loc[("mnist-large-batch-lowers-clean-accuracy", ""), side]
+        assert "lr 0.1" in statistic and "lr 0.01" not in statistic and "n=6 (1 seed x 6 batch sizes)" in statistic
+    runs = result.runs
+    assert len(runs) == 12 and list(runs["batch_size"]) == [b for b in BATCHES for _ in (0, 1)]
+    assert list(runs["training"][:2]) == ["30 epochs", "fitted: 3 epochs"]
+    assert "until their training accuracy over an epoch reached 0.99 (at most 150 epochs)" in result.lead
+    assert "stopped after 3, 4, 6, 9, 14, 25 epochs" in result.lead and "cap" not in result.lead
+    # a run that hit the cap is named; no fitted runs, no section
+    capped = [{**r, "reached_stop_train_acc": 0.0, "stopped_epoch": 150} if r["batch_size"] == 1024 else r
+              for r in control]
+    assert "and 1 reached the cap first" in fit_control(pd.DataFrame(fixed + capped), EPS).lead
+    assert fit_control(pd.DataFrame(fixed), EPS) is None
+
+
 # ------------------------------------------------------------------------------ Table 2 beside ours
 
 SHARED_TABLE2 = Path(__file__).resolve().parents[2] / "shared" / "study" / "table2.csv"

@@ -612,6 +612,10 @@ groups:
   - name: constant-lr
     set: {{lr: 0.05}}
     grid: {{variant: [sgd, adam], batch_size: [25, 50]}}
+  - name: fit-control
+    set: {{lr: 0.05, stop_train_acc: 0.3, epochs: 3}}
+    grid: {{batch_size: [25, 50]}}
+    seeds: [0]
 """
 
 
@@ -625,15 +629,25 @@ def test_sweeps_of_one_grid_report_as_one_state_their_scale_and_compare_verdicts
     assert main(["report", str(path), str(extra), "--out", str(out)]) == 0
     runs = pd.read_csv(out / "runs.csv")
     assert sorted(runs["seed"].unique()) == [0, 1, 2] and set(runs["sweep"]) == {"rep", "rep-seed2"}
-    assert runs["autoattack_acc_eps0.03"].notna().sum() == 4 and runs["hessian_trace"].notna().sum() == 4
+    assert runs["autoattack_acc_eps0.03"].notna().sum() == 6 and runs["hessian_trace"].notna().sum() == 6
     assert (runs["lr_x_top_eig"] - runs["final_lr"] * runs["hessian_top_eig"]).abs().max() < 1e-12
     page = (out / "index.html").read_text()
     # what was run, said at the top, with where the runs differ
-    assert "What was run" in page and "1 epochs on the first 300 training examples" in page
+    assert "What was run" in page and "1 (14 runs); 3 (2 runs) epochs on the first 300 training examples" in page
+    assert "Early stop: 2 runs trained until their training accuracy reached 0.3, at most 3 epochs." in page
     assert "Attacks: differs across runs:" in page and "AutoAttack on the first 20 of those, 5 steps" in page
     assert "Seeds: 0, 1, 2." in page
+    # the under-training control: its two runs (trained to 30% training accuracy) beside the seed-0 runs of the
+    # same rate trained for 1 epoch, in a section of their own and in no claim (two batch sizes: too few for a
+    # trend, on either side)
+    control = pd.read_csv(out / "control.csv", keep_default_na=False)
+    assert len(control) == 4 and set(control["verdict, fitted"]) == set(control["verdict, fixed epochs"]) == {
+        "inconclusive"}
+    assert "Under-training control" in page and "until their training accuracy over an epoch reached 0.3" in page
+    assert "fitted: " in page and "n=6 runs (3 seeds x 2 batch sizes)" in pd.read_csv(out / "claims.csv").set_index(
+        "id").loc["mnist-large-batch-lowers-clean-accuracy", "statistic"]
     gap = pd.read_csv(out / "autoattack_gap.csv")
-    assert len(gap) == 4 * 2 and (gap["gap"] == gap["pgd_acc"] - gap["autoattack_acc"]).all()
+    assert len(gap) == 6 * 2 and (gap["gap"] == gap["pgd_acc"] - gap["autoattack_acc"]).all()
     assert "PGD against AutoAttack on the same images" in page
     # the Scale section: verdicts here beside the other sweep's, each change named
     assert main(["report", str(extra), "--compare", str(path), "--out", str(tmp_path / "cmp")]) == 0

@@ -13,6 +13,8 @@
   sweep's statistics and a verdict;
 * ``table2.csv`` — the study's Table 2 (CIFAR-10) beside this sweep's runs of the same settings;
 * ``autoattack_gap.csv`` — where AutoAttack ran: PGD's and AutoAttack's accuracy on the same images per run;
+* ``control.csv`` — where some runs were trained to a training accuracy (``stop_train_acc``): take-away 1's
+  batch-size trends on them beside the same trends on runs trained for the fixed epochs (:mod:`.control`);
 * ``scale.csv`` — with ``compare``: each claim's verdict here beside its verdict in the other sweep(s);
 * ``search.csv`` and ``search_pareto.png`` — for a search (:mod:`.search_section`): every searched trial with its
   objectives and constraints, the best trial, and for two objectives the Pareto front and its trials.
@@ -34,6 +36,8 @@ from .autoattack_gap import GAP_FLAG, autoattack_gap
 from .collect import SweepRuns, collect, collect_many, for_analysis
 from .scale import compare_verdicts, scale_statement, split_comparison
 from .claims import claims_table, evaluate_claims
+from .claims.selection import fitted
+from .control import TITLE as CONTROL_TITLE, control_html, control_markdown, fit_control
 from .claims_section import claims_html, claims_markdown, table2_html, TABLE2_NOTE
 from .study_table2 import table2_beside_ours
 from .study_figures import STUDY_FIGURES, study_figure
@@ -108,6 +112,7 @@ def make_report(sweep: str | list[str], out: str | Path, *, tracking_uri: str | 
         runs.table["lr_x_top_eig"] = rate.fillna(runs.table["lr"]) * runs.table["hessian_top_eig"]
     runs.table.to_csv(out / "runs.csv", index=False)
     df = for_analysis(runs.table)  # collapsed runs' ratios and eigenvalues stay out of every statistic
+    study_runs = df[~fitted(df)]  # trained for a fixed number of epochs, as the study's figures and tables were
     report = Report(out, runs)
     problems = pd.DataFrame(runs.problems, columns=["trial_id", "kind", "reason", "run_id"])
     problems.to_csv(out / "problems.csv", index=False)
@@ -158,7 +163,7 @@ def make_report(sweep: str | list[str], out: str | Path, *, tracking_uri: str | 
     study_html = ""
     mnist_eps = runs.eps.get("mnist", [])
     for figure in STUDY_FIGURES if not df.empty and mnist_eps else ():
-        path = study_figure(df, figure, mnist_eps, out / f"figure{figure.number}.png")
+        path = study_figure(study_runs, figure, mnist_eps, out / f"figure{figure.number}.png")
         if path:
             report.figures.append(path)
             caption = (f"Figure {figure.number}. {figure.title}: clean accuracy, FGSM and PGD accuracy relative to "
@@ -183,6 +188,11 @@ def make_report(sweep: str | list[str], out: str | Path, *, tracking_uri: str | 
                          f"{GAP_FLAG * 100:g} points above AutoAttack, a sign that PGD was too weak or the gradients "
                          f"are masked there.</p>{to_html(shown)}"))
         markdown += ["## PGD against AutoAttack on the same images", "", to_markdown(shown), ""]
+    control = fit_control(df, runs.eps)
+    if control is not None:
+        control.verdicts.to_csv(out / "control.csv", index=False)
+        sections.insert(0, ("control", CONTROL_TITLE, control_html(control)))
+        markdown += control_markdown(control)
     if compare:
         other = collect_many(list(compare), tracking_uri=compare_tracking_uri, storage_path=storage_path,
                              curves=False)
@@ -201,7 +211,7 @@ def make_report(sweep: str | list[str], out: str | Path, *, tracking_uri: str | 
         markdown += [f"## Scale: these verdicts beside those of {other.name}", "", lead, "",
                      f"### Changed ({len(changed)})", "", to_markdown(changed), "",
                      f"### Unchanged ({len(same)})", "", to_markdown(same), "", not_run, ""]
-    report.table2 = table2_beside_ours(df)
+    report.table2 = table2_beside_ours(study_runs)
     report.table2.to_csv(out / "table2.csv", index=False)
 
     corr = correlation_table(df, all_ratios) if not df.empty else pd.DataFrame()

@@ -18,6 +18,7 @@ import pandas as pd
 from .checks import Context
 from .claim import Claim, ClaimResult, claim_eps, evaluate
 from .registry import CLAIMS, by_id
+from .selection import fitted
 from .verdicts import ALPHA, VERDICTS
 
 __all__ = ["ALPHA", "CLAIMS", "Claim", "ClaimResult", "VERDICTS", "by_id", "claims_table", "evaluate_claims",
@@ -37,8 +38,10 @@ def section_of(claim: Claim) -> str:
 def evaluate_claims(df: pd.DataFrame, sweep_eps: dict[str, list[float]],
                     claims: tuple[Claim, ...] = CLAIMS) -> list[ClaimResult]:
     """Every claim at every eps it speaks of, against the runs (``for_analysis`` output), in the report's
-    order: by section (take-aways first), then as registered."""
-    ctx = Context(df)
+    order: by section (take-aways first), then as registered. Runs trained to a training accuracy
+    (:func:`.selection.fitted`) are left out: the study trains for a fixed number of epochs, and those runs
+    share every setting a claim selects by with the runs they control for."""
+    ctx = Context(df[~fitted(df)])
     ordered = sorted(claims, key=lambda c: SECTION_ORDER.index(section_of(c)))
     return [evaluate(claim, ctx, eps, sweep_eps) for claim in ordered for eps in claim_eps(claim, sweep_eps)]
 

@@ -50,6 +50,15 @@ def settings(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def fitted(df: pd.DataFrame) -> np.ndarray:
+    """Which runs were trained until their training accuracy reached a target (``stop_train_acc``: the
+    under-training control, :mod:`..control`), not for a fixed number of epochs as the study trains. The
+    claims are about the study's training and leave these runs out."""
+    if "stop_train_acc" not in df:
+        return np.zeros(len(df), dtype=bool)
+    return df["stop_train_acc"].notna().to_numpy()
+
+
 @dataclass(frozen=True)
 class Exclusion:
     """An exception the study states: the runs it covers are left out of the claim's test."""

@@ -288,7 +288,8 @@ def trend_equivalence(blocks: list[tuple[np.ndarray, np.ndarray]], margin: float
     half = float(t_dist.ppf(0.5 + CI_LEVEL / 2)) * se
     lo_x = min(int(b[0].min()) for b in blocks)
     hi_x = max(int(b[0].max()) for b in blocks)
-    rho = float(np.nanmean([_rank_correlation(stats.rankdata(b[0]), np.asarray(b[1], dtype=float)) for b in blocks]))
+    rhos = np.array([_rank_correlation(stats.rankdata(b[0]), np.asarray(b[1], dtype=float)) for b in blocks])
+    rho = float(np.nanmean(rhos)) if np.isfinite(rhos).any() else math.nan  # nan: y constant within every seed
     return _equivalence(change, (change - half, change + half), p_vs, margin, "both", margin_source, n,
                         f"within-seed rho {rho:+.2f}, n={n} ({shape})", False,
                         effect_name=f"fitted change {lo_x}->{hi_x}")
