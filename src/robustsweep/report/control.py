@@ -85,7 +85,7 @@ def fit_control(df: pd.DataFrame, sweep_eps: dict[str, list[float]]) -> Control 
     stopped = control.get(STOPPED_EPOCH, pd.Series(index=control.index, dtype=float))
     reached = control.get(REACHED_STOP_TRAIN_ACC, pd.Series(index=control.index, dtype=float))
     short = int((reached == 0).sum())
-    lead = (f"{len(control)} runs of plain SGD at constant lr {'/'.join(f'{v:g}' for v in lrs)} (seed "
+    lead = (f"{len(control)} runs of plain SGD at constant lr {'/'.join(f'{v:g}' for v in lrs)} (seed{'s' if len(seeds) > 1 else ''} "
             f"{', '.join(map(str, seeds))}) were trained at each batch size until their training accuracy over an "
             f"epoch reached {target} (at most {_values(control['epochs'])} epochs): they stopped after "
             f"{_values(stopped) or 'unrecorded'} epochs"
