@@ -399,6 +399,41 @@ def test_the_control_tests_take_away_1s_trends_on_the_fitted_runs_beside_the_fix
     assert fit_control(pd.DataFrame(fixed), EPS) is None
 
 
+# ------------------------------------------------------------------------------ the claims under AutoAttack
+
+
+def test_claims_resting_on_pgd_are_tested_again_with_autoattack_on_the_same_images_and_the_same_runs():
+    """PGD on AutoAttack's images falls with the batch size, AutoAttack rises: the robustness claim's verdict
+    changes with the attack; its FGSM sub-tests, and claims without PGD, are not in the table."""
+    from robustsweep.report.autoattack_claims import claims_under_autoattack
+
+    def measured(s, i, lr):
+        row = {"autoattack_clean_acc": 0.95}
+        for e in (0.03, 0.15):
+            row[f"autoattack_pgd_acc_eps{e}"] = 0.9 - 0.05 * i - 0.01 * s
+            row[f"autoattack_acc_eps{e}"] = 0.3 + 0.05 * i + 0.01 * s
+            row[f"autoattack_ratio_eps{e}"] = row[f"autoattack_acc_eps{e}"] / 0.95
+        return row
+
+    rows = _constant_lr(measured)
+    rows[0] = {**rows[0], "autoattack_pgd_acc_eps0.03": np.nan}  # measured before PGD's were logged there
+    rows[1] = {**rows[1], "collapsed": True, "autoattack_ratio_eps0.03": np.nan}  # as for_analysis leaves it
+    table = claims_under_autoattack(pd.DataFrame(rows), EPS).set_index(["id", "eps"])
+    row = table.loc[("mnist-large-batch-lowers-robustness", "0.03")]
+    assert (row["verdict, PGD"], row["verdict, AutoAttack"], row["changed"]) == (
+        "supported", "contradicted", "supported -> contradicted")
+    assert "PGD (AutoAttack's images) / clean, eps 0.03 falls" in row["statistic, PGD"]
+    assert "AutoAttack / clean, eps 0.03 falls" in row["statistic, AutoAttack"]
+    assert "FGSM" not in row["statistic, PGD"] + row["statistic, AutoAttack"]
+    # the same runs on both sides: seed 0 of lr 0.01 lacks batch sizes 32 (no PGD there) and 64 (collapsed)
+    for side in ("statistic, PGD", "statistic, AutoAttack"):
+        assert "2 batch sizes left out" in row[side].split("\n")[1] and "n=12 (3 seeds x 4 batch sizes)" in row[side]
+    assert "mnist-large-batch-lowers-clean-accuracy" not in table.index.get_level_values("id")
+    assert "mnist-large-batch-sharpens-minima" not in table.index.get_level_values("id")
+    # no PGD on AutoAttack's images logged: nothing to compare
+    assert claims_under_autoattack(pd.DataFrame(_constant_lr(lambda s, i, lr: {})), EPS).empty
+
+
 # ------------------------------------------------------------------------------ Table 2 beside ours
 
 SHARED_TABLE2 = Path(__file__).resolve().parents[2] / "shared" / "study" / "table2.csv"

@@ -649,6 +649,13 @@ def test_sweeps_of_one_grid_report_as_one_state_their_scale_and_compare_verdicts
     gap = pd.read_csv(out / "autoattack_gap.csv")
     assert len(gap) == 6 * 2 and (gap["gap"] == gap["pgd_acc"] - gap["autoattack_acc"]).all()
     assert "PGD against AutoAttack on the same images" in page
+    # the claims resting on PGD, again with PGD and with AutoAttack on AutoAttack's images (seed 2 and the
+    # control have them; the control's runs are in no claim): one row per such claim and eps
+    under = pd.read_csv(out / "claims_autoattack.csv", dtype={"eps": str}).set_index(["id", "eps"])
+    assert ("mnist-large-batch-lowers-robustness", "0.15") in under.index
+    assert "n=2 runs (1 seed x 2 batch sizes)" in under.loc[("mnist-large-batch-lowers-robustness", "0.15"),
+                                                             "statistic, AutoAttack"]
+    assert "The claims that rest on PGD, with AutoAttack" in page
     # the Scale section: verdicts here beside the other sweep's, each change named
     assert main(["report", str(extra), "--compare", str(path), "--out", str(tmp_path / "cmp")]) == 0
     scale = pd.read_csv(tmp_path / "cmp" / "scale.csv", keep_default_na=False)  # empty cells as ""

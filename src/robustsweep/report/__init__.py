@@ -13,6 +13,8 @@
   sweep's statistics and a verdict;
 * ``table2.csv`` — the study's Table 2 (CIFAR-10) beside this sweep's runs of the same settings;
 * ``autoattack_gap.csv`` — where AutoAttack ran: PGD's and AutoAttack's accuracy on the same images per run;
+* ``claims_autoattack.csv`` — there, each claim resting on PGD with its verdict under PGD and under AutoAttack
+  on those images (:mod:`.autoattack_claims`);
 * ``control.csv`` — where some runs were trained to a training accuracy (``stop_train_acc``): take-away 1's
   batch-size trends on them beside the same trends on runs trained for the fixed epochs (:mod:`.control`);
 * ``scale.csv`` — with ``compare``: each claim's verdict here beside its verdict in the other sweep(s);
@@ -32,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..metrics import CHANCE_ACCURACY, COLLAPSE_MARGIN, measurement_keys
+from .autoattack_claims import claims_under_autoattack
 from .autoattack_gap import GAP_FLAG, autoattack_gap
 from .collect import SweepRuns, collect, collect_many, for_analysis
 from .scale import compare_verdicts, scale_statement, split_comparison
@@ -83,6 +86,10 @@ def attack_settings(table: pd.DataFrame) -> str:
             "every row, so its PGD was weaker: a gap between its PGD numbers and ours is a difference of "
             "attack, not of training.")
 
+
+UNDER_AUTOATTACK = ("Each claim with a PGD sub-test, tested again on the images AutoAttack attacked: its PGD "
+                    "sub-tests with PGD's results on those images, then with AutoAttack's (its other sub-tests "
+                    "left out), so the two verdicts differ only in the attack.")
 
 #: Measurement columns the tables show beside the study's, when some run has them.
 EXTRA_TABLE_COLUMNS = ["lr_x_top_eig", "hessian_trace"]
@@ -182,12 +189,21 @@ def make_report(sweep: str | list[str], out: str | Path, *, tracking_uri: str | 
         gaps.to_csv(out / "autoattack_gap.csv", index=False)
         flagged = gaps[gaps["flag"] != ""]
         shown = gaps.assign(**{c: gaps[c].map(lambda v: f"{v:.4f}") for c in ("pgd_acc", "autoattack_acc", "gap")})
+        under = claims_under_autoattack(df, runs.eps)
+        under.to_csv(out / "claims_autoattack.csv", index=False)
+        changed = int((under["changed"] != "").sum()) if not under.empty else 0
+        verdicts = (f"<h3>The claims that rest on PGD, with AutoAttack</h3><p>{html.escape(UNDER_AUTOATTACK)} "
+                    f"{changed} of {len(under)} verdicts change.</p>{to_html(under)}" if not under.empty else "")
         sections.append(("autoattack", "PGD against AutoAttack on the same images",
                          f"<p>Per run and eps: PGD's accuracy and AutoAttack's (APGD-CE + APGD-T) on the images "
                          f"AutoAttack attacked. {len(flagged)} of {len(gaps)} rows show PGD more than "
                          f"{GAP_FLAG * 100:g} points above AutoAttack, a sign that PGD was too weak or the gradients "
-                         f"are masked there.</p>{to_html(shown)}"))
-        markdown += ["## PGD against AutoAttack on the same images", "", to_markdown(shown), ""]
+                         f"are masked there.</p>{verdicts}<h3>Per run</h3>{to_html(shown)}"))
+        markdown += ["## PGD against AutoAttack on the same images", ""]
+        if not under.empty:
+            markdown += ["### The claims that rest on PGD, with AutoAttack", "",
+                         f"{UNDER_AUTOATTACK} {changed} of {len(under)} verdicts change.", "", to_markdown(under), ""]
+        markdown += ["### Per run", "", to_markdown(shown), ""]
     control = fit_control(df, runs.eps)
     if control is not None:
         control.verdicts.to_csv(out / "control.csv", index=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 
 import pandas as pd
 
@@ -84,14 +85,20 @@ COLUMN_LABELS = {"batch_size": "batch size", "lr_batch_ratio": "lr / batch size"
                  "attack ratio": "attack ratio", "spearman rho": "Spearman rho"}
 
 
+#: Attacks as column headers name them: AutoAttack's own clean accuracy is the base of its ratios, and PGD's on
+#: AutoAttack's images (``autoattack_pgd``) shares it.
+ATTACK_LABELS = {"fgsm": "FGSM", "pgd": "PGD", "autoattack": "AutoAttack", "autoattack_pgd": "PGD (AutoAttack's images)"}
+
+
 def column_label(column: str) -> str:
     """``pgd_ratio_eps0.15`` -> ``PGD / clean, eps 0.15``; ``fgsm_acc_eps0.03`` -> ``FGSM accuracy, eps 0.03``."""
     if column in COLUMN_LABELS:
         return COLUMN_LABELS[column]
-    parts = column.split("_")
-    if len(parts) == 3 and parts[0] in ("fgsm", "pgd") and parts[2].startswith("eps"):
-        what = "accuracy" if parts[1] == "acc" else "/ clean"
-        return f"{parts[0].upper()} {what}, eps {parts[2][3:]}"
+    attack = re.fullmatch(r"(fgsm|pgd|autoattack|autoattack_pgd)_(acc|ratio)_eps(.+)", column)
+    if attack:
+        name, what, eps = attack.groups()
+        what = "accuracy" if what == "acc" else "/ clean"
+        return f"{ATTACK_LABELS[name]} {what}, eps {eps}"
     return column.replace("_", " ")
 
 

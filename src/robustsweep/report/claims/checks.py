@@ -23,7 +23,10 @@ from .statistics import Evidence, blocked_trend, paired_difference, paired_equiv
 
 #: The measurements claims speak of; attack ones exist at each eps.
 ATTACK_MEASURES = {"fgsm_acc": ("fgsm", "acc"), "fgsm_ratio": ("fgsm", "ratio"),
-                   "pgd_acc": ("pgd", "acc"), "pgd_ratio": ("pgd", "ratio")}
+                   "pgd_acc": ("pgd", "acc"), "pgd_ratio": ("pgd", "ratio"),
+                   # AutoAttack on its own subset, and PGD on those same images (..autoattack_claims)
+                   "autoattack_acc": ("autoattack", "acc"), "autoattack_ratio": ("autoattack", "ratio"),
+                   "autoattack_pgd_acc": ("autoattack_pgd", "acc"), "autoattack_pgd_ratio": ("autoattack_pgd", "ratio")}
 MEASURES = (CLEAN_ACC, HESSIAN_TOP_EIG, *ATTACK_MEASURES)
 SubTests = tuple[list[tuple[str, Evidence]], list[str]]
 
