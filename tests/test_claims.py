@@ -355,7 +355,7 @@ def _fixed_epochs(value):
 
 def test_claims_leave_out_runs_trained_to_a_training_accuracy():
     """The control's runs share every setting the claims select by with table1's lr 0.1 runs: counted in,
-    they would be a second seed-0 run at each batch size (and reverse a trend here)."""
+    they would be a second seed-0 run at each batch size, which the trend tests refuse."""
     fixed = _fixed_epochs(lambda s, i, lr: {**every(0.95 - 0.01 * i), "hessian_top_eig": 10 * 1.5 ** i})
     control = _fitted(lambda s, i: {**every(0.9 + 0.01 * i), "hessian_top_eig": 10 * 0.5 ** i})
     alone = claims_table(evaluate_claims(pd.DataFrame(fixed), EPS))
@@ -387,16 +387,35 @@ def test_the_control_tests_take_away_1s_trends_on_the_fitted_runs_beside_the_fix
     for side in ("statistic, fixed epochs", "statistic, fitted"):
         statistic = table.loc[("mnist-large-batch-lowers-clean-accuracy", ""), side]
         assert "lr 0.1" in statistic and "lr 0.01" not in statistic and "n=6 (1 seed x 6 batch sizes)" in statistic
+    assert set(table["fitted to"]) == {"train acc 0.99, at most 150 epochs"} and set(table["fixed epochs"]) == {30}
     runs = result.runs
     assert len(runs) == 12 and list(runs["batch_size"]) == [b for b in BATCHES for _ in (0, 1)]
     assert list(runs["training"][:2]) == ["30 epochs", "fitted: 3 epochs"]
     assert "until their training accuracy over an epoch reached 0.99 (at most 150 epochs)" in result.lead
     assert "stopped after 3, 4, 6, 9, 14, 25 epochs" in result.lead and "cap" not in result.lead
-    # a run that hit the cap is named; no fitted runs, no section
-    capped = [{**r, "reached_stop_train_acc": 0.0, "stopped_epoch": 150} if r["batch_size"] == 1024 else r
-              for r in control]
-    assert "and 1 reached the cap first" in fit_control(pd.DataFrame(fixed + capped), EPS).lead
+    # no fitted runs, no section
     assert fit_control(pd.DataFrame(fixed), EPS) is None
+
+
+def test_the_control_compares_the_same_units_on_both_sides_and_leaves_out_runs_that_hit_the_cap():
+    from robustsweep.report.control import fit_control
+
+    fixed = _fixed_epochs(lambda s, i, lr: {**every(0.95 - 0.01 * i), "hessian_top_eig": 10 * 1.5 ** i})
+    control = _fitted(lambda s, i: {**every(0.95 - 0.01 * i), "hessian_top_eig": 10 * 1.5 ** i})
+    # batch size 1024 hit the cap (left out, with its 30-epoch twin); the 30-epoch run at 32 collapsed (its
+    # ratios blank: the fitted run at 32 goes out of the robustness trends, not out of clean accuracy's)
+    control[-1] = {**control[-1], "reached_stop_train_acc": 0.0, "stopped_epoch": 150}
+    at_32 = next(i for i, r in enumerate(fixed) if (r["lr"], r["seed"], r["batch_size"]) == (0.1, 0, 32))
+    fixed[at_32] = {**fixed[at_32], **{k: np.nan for k in every(0)}, "clean_acc": 0.95, "collapsed": True}
+    control[2] = {**control[2], "stopped_epoch": np.nan}
+    result = fit_control(pd.DataFrame(fixed + control), EPS)
+    table = result.verdicts.set_index(["id", "eps"])
+    for side in ("statistic, fixed epochs", "statistic, fitted"):
+        assert "n=5 (1 seed x 5 batch sizes)" in table.loc[("mnist-large-batch-lowers-clean-accuracy", ""), side]
+        assert "n=4 (1 seed x 4 batch sizes)" in table.loc[("mnist-large-batch-lowers-robustness", "0.15"), side]
+    assert "1 reached the cap first and are left out of the verdicts" in result.lead
+    training = result.runs.set_index(["batch_size", "training"]).index
+    assert (1024, "capped at 150 epochs (left out)") in training and (128, "fitted: epoch unrecorded") in training
 
 
 # ------------------------------------------------------------------------------ the claims under AutoAttack
@@ -428,8 +447,17 @@ def test_claims_resting_on_pgd_are_tested_again_with_autoattack_on_the_same_imag
     # the same runs on both sides: seed 0 of lr 0.01 lacks batch sizes 32 (no PGD there) and 64 (collapsed)
     for side in ("statistic, PGD", "statistic, AutoAttack"):
         assert "2 batch sizes left out" in row[side].split("\n")[1] and "n=12 (3 seeds x 4 batch sizes)" in row[side]
-    assert "mnist-large-batch-lowers-clean-accuracy" not in table.index.get_level_values("id")
-    assert "mnist-large-batch-sharpens-minima" not in table.index.get_level_values("id")
+    # every claim with a PGD sub-test whose runs are all here (constant-rate SGD), none other: not the claims
+    # without PGD, nor those comparing variants this sweep did not run
+    assert set(table.index.get_level_values("id")) == {
+        "mnist-large-batch-lowers-robustness", "mnist-curvature-opposes-accuracy-and-robustness",
+        "mnist-higher-lr-more-accurate-and-robust", "mnist-curvature-tracks-robustness-over-batch-size"}
+    assert len(table) == 8 and list(table["changed"] != "") == [True, True] + [False] * 6  # changes first
+    # runs without AutoAttack are no claim's evidence: with it at lr 0.1 only, the claims that need lr 0.01 go
+    at_01 = [r if r["lr"] == 0.1 else {k: v for k, v in r.items() if not k.startswith("autoattack")} for r in rows]
+    assert set(claims_under_autoattack(pd.DataFrame(at_01), EPS)["id"]) == {
+        "mnist-large-batch-lowers-robustness", "mnist-curvature-opposes-accuracy-and-robustness",
+        "mnist-curvature-tracks-robustness-over-batch-size"}
     # no PGD on AutoAttack's images logged: nothing to compare
     assert claims_under_autoattack(pd.DataFrame(_constant_lr(lambda s, i, lr: {})), EPS).empty
 
@@ -458,7 +486,8 @@ def test_table2_beside_ours_shows_mean_sd_n_and_the_difference():
                 **{"fgsm_acc_eps0.02": 0.06, "pgd_acc_eps0.02": 0.04})
             for s, acc in enumerate((0.75, 0.77, 0.79))]
     rows.append(run(dataset="cifar10", lr=0.005, lr_batch_ratio=RATIO, batch_size=32, clean_acc=0.84))  # no eps 0.02
-    table = table2_beside_ours(pd.DataFrame(rows)).set_index("regime")
+    control = run(dataset="cifar10", lr=0.01, batch_size=128, clean_acc=0.1, stop_train_acc=0.99)  # not the study's
+    table = table2_beside_ours(pd.DataFrame(rows + [control])).set_index("regime")
     sgd = table.loc["lr = 0.01 sgd"]
     assert len(sgd) == 2  # printed in two of the study's sections, one configuration
     first = sgd.iloc[0]

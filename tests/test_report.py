@@ -327,6 +327,11 @@ def test_study_figures_select_by_setting_and_merge_baselines_across_groups():
     assert labels[5] == ["constant, lr=0.01", "constant, lr=0.1", "step, lr=0.01", "step, lr=0.1"]
     assert all(len(line) == 2 for f in figures.values()
                for _, line in study_lines(study_runs(df, f), f, "clean_acc"))
+    # the under-training control's runs (constant-rate SGD trained to a training accuracy) are in no figure
+    control = df[(df["group"] == "constant-lr") & (df["variant"] == "sgd")].assign(stop_train_acc=0.99,
+                                                                                   group="fit-control")
+    both = pd.concat([df.assign(stop_train_acc=np.nan), control], ignore_index=True)
+    assert {n: set(study_runs(both, f)["group"]) for n, f in figures.items()} == groups
 
 
 def test_exported_runs_rebuild_the_store_and_launch_skips_them(filled_store, tmp_path, capsys):
@@ -752,19 +757,20 @@ def test_cost_table_has_every_phase_the_runs_took_in_their_order_and_sums_what_e
     runs = pd.DataFrame({"variant": ["sgd", "sgd", "adam"], "seconds_training": [100.0, 200.0, 300.0],
                          "seconds_test_passes": [10.0, 20.0, 30.0], "seconds_clean_eval": [1.0, 1.0, 1.0],
                          "seconds_fgsm": [nan, nan, nan], "seconds_pgd": [5.0, 7.0, 9.0],
-                         "seconds_autoattack": [50.0, 70.0, nan], "seconds_hessian_trace": [3.0, 5.0, 7.0],
+                         "seconds_autoattack": [50.0, nan, nan], "seconds_hessian_trace": [3.0, 5.0, 7.0],
                          "seconds_my_probe": [1.0, 1.0, 1.0]})
     cost = cost_table(runs).set_index("variant")
     assert list(cost.columns) == ["trials", "training", "test passes, all epochs", "clean evaluation", "PGD",
                                   "AutoAttack (APGD-CE + APGD-T)", "Hessian trace", "my_probe",
                                   "sum of phases, s/trial"]
-    assert cost.loc["sgd", "AutoAttack (APGD-CE + APGD-T)"] == 60
-    assert cost.loc["sgd", "sum of phases, s/trial"] == 150 + 15 + 1 + 6 + 60 + 4 + 1
+    # a phase's mean is over the runs that took it; the sum, over each run's own sum (AutoAttack: one run)
+    assert cost.loc["sgd", "AutoAttack (APGD-CE + APGD-T)"] == 50
+    assert cost.loc["sgd", "sum of phases, s/trial"] == ((100 + 10 + 1 + 5 + 50 + 3 + 1) + (200 + 20 + 1 + 7 + 5 + 1)) / 2
     assert math.isnan(cost.loc["adam", "AutoAttack (APGD-CE + APGD-T)"])
     assert cost.loc["adam", "sum of phases, s/trial"] == 300 + 30 + 1 + 9 + 7 + 1
-    assert cost.loc["all (hours, summed)", "AutoAttack (APGD-CE + APGD-T)"] == round(120 / 3600, 3)
+    assert cost.loc["all (hours, summed)", "AutoAttack (APGD-CE + APGD-T)"] == round(50 / 3600, 3)
     assert cost.loc["all (hours, summed)", "sum of phases, s/trial"] == round(
-        (600 + 60 + 3 + 21 + 120 + 15 + 3) / 3600, 3)
+        (600 + 60 + 3 + 21 + 50 + 15 + 3) / 3600, 3)
 
 
 def test_eigenvalue_panels_draw_the_edge_of_stability_2_over_lr_for_constant_rate_sgd_runs():

@@ -39,7 +39,6 @@ from .autoattack_gap import GAP_FLAG, autoattack_gap
 from .collect import SweepRuns, collect, collect_many, for_analysis
 from .scale import compare_verdicts, scale_statement, split_comparison
 from .claims import claims_table, evaluate_claims
-from .claims.selection import fitted
 from .control import TITLE as CONTROL_TITLE, control_html, control_markdown, fit_control
 from .claims_section import claims_html, claims_markdown, table2_html, TABLE2_NOTE
 from .study_table2 import table2_beside_ours
@@ -119,7 +118,6 @@ def make_report(sweep: str | list[str], out: str | Path, *, tracking_uri: str | 
         runs.table["lr_x_top_eig"] = rate.fillna(runs.table["lr"]) * runs.table["hessian_top_eig"]
     runs.table.to_csv(out / "runs.csv", index=False)
     df = for_analysis(runs.table)  # collapsed runs' ratios and eigenvalues stay out of every statistic
-    study_runs = df[~fitted(df)]  # trained for a fixed number of epochs, as the study's figures and tables were
     report = Report(out, runs)
     problems = pd.DataFrame(runs.problems, columns=["trial_id", "kind", "reason", "run_id"])
     problems.to_csv(out / "problems.csv", index=False)
@@ -170,7 +168,7 @@ def make_report(sweep: str | list[str], out: str | Path, *, tracking_uri: str | 
     study_html = ""
     mnist_eps = runs.eps.get("mnist", [])
     for figure in STUDY_FIGURES if not df.empty and mnist_eps else ():
-        path = study_figure(study_runs, figure, mnist_eps, out / f"figure{figure.number}.png")
+        path = study_figure(df, figure, mnist_eps, out / f"figure{figure.number}.png")
         if path:
             report.figures.append(path)
             caption = (f"Figure {figure.number}. {figure.title}: clean accuracy, FGSM and PGD accuracy relative to "
@@ -190,10 +188,11 @@ def make_report(sweep: str | list[str], out: str | Path, *, tracking_uri: str | 
         flagged = gaps[gaps["flag"] != ""]
         shown = gaps.assign(**{c: gaps[c].map(lambda v: f"{v:.4f}") for c in ("pgd_acc", "autoattack_acc", "gap")})
         under = claims_under_autoattack(df, runs.eps)
-        under.to_csv(out / "claims_autoattack.csv", index=False)
-        changed = int((under["changed"] != "").sum()) if not under.empty else 0
+        if not under.empty:
+            under.to_csv(out / "claims_autoattack.csv", index=False)
+        moved = int((under["changed"] != "").sum()) if not under.empty else 0
         verdicts = (f"<h3>The claims that rest on PGD, with AutoAttack</h3><p>{html.escape(UNDER_AUTOATTACK)} "
-                    f"{changed} of {len(under)} verdicts change.</p>{to_html(under)}" if not under.empty else "")
+                    f"{moved} of {len(under)} verdicts change.</p>{to_html(under)}" if not under.empty else "")
         sections.append(("autoattack", "PGD against AutoAttack on the same images",
                          f"<p>Per run and eps: PGD's accuracy and AutoAttack's (APGD-CE + APGD-T) on the images "
                          f"AutoAttack attacked. {len(flagged)} of {len(gaps)} rows show PGD more than "
@@ -202,7 +201,7 @@ def make_report(sweep: str | list[str], out: str | Path, *, tracking_uri: str | 
         markdown += ["## PGD against AutoAttack on the same images", ""]
         if not under.empty:
             markdown += ["### The claims that rest on PGD, with AutoAttack", "",
-                         f"{UNDER_AUTOATTACK} {changed} of {len(under)} verdicts change.", "", to_markdown(under), ""]
+                         f"{UNDER_AUTOATTACK} {moved} of {len(under)} verdicts change.", "", to_markdown(under), ""]
         markdown += ["### Per run", "", to_markdown(shown), ""]
     control = fit_control(df, runs.eps)
     if control is not None:
@@ -227,7 +226,7 @@ def make_report(sweep: str | list[str], out: str | Path, *, tracking_uri: str | 
         markdown += [f"## Scale: these verdicts beside those of {other.name}", "", lead, "",
                      f"### Changed ({len(changed)})", "", to_markdown(changed), "",
                      f"### Unchanged ({len(same)})", "", to_markdown(same), "", not_run, ""]
-    report.table2 = table2_beside_ours(study_runs)
+    report.table2 = table2_beside_ours(df)
     report.table2.to_csv(out / "table2.csv", index=False)
 
     corr = correlation_table(df, all_ratios) if not df.empty else pd.DataFrame()

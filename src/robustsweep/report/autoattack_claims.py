@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..metrics import AUTOATTACK_CLEAN_ACC, attack_key
 from .claims import CLAIMS, SECTION_ORDER, section_of
-from .claims.checks import Context
+from .claims.checks import Context, metric_key
 from .claims.claim import Claim, claim_eps, evaluate
 from .claims.selection import fitted
 
@@ -55,10 +55,17 @@ def on_autoattack_images(df: pd.DataFrame, eps: list[float]) -> pd.DataFrame:
     return out
 
 
+def _measured(claim: Claim, ctx: Context, eps: float | None) -> bool:
+    """Whether every set of runs the claim compares has some run with a value of its measurements at ``eps``."""
+    return all(any(side.values(ctx.df, metric_key(measure, eps))["value"].notna().any() for measure in check.measures)
+               for check in claim.checks for side in check.sides())
+
+
 def claims_under_autoattack(df: pd.DataFrame, sweep_eps: dict[str, list[float]]) -> pd.DataFrame:
     """One row per claim with a PGD sub-test and eps: its verdict with PGD and with AutoAttack on AutoAttack's
-    images (``df``: ``for_analysis`` output), the changed verdicts first, then in the claims' order. Empty when
-    no run has PGD's accuracy on AutoAttack's images."""
+    images (``df``: ``for_analysis`` output), the changed verdicts first, then in the claims' order; a claim
+    one of whose sets of runs has none with both measurements is left out. Empty when no run has PGD's accuracy on AutoAttack's
+    images."""
     eps = sorted({e for values in sweep_eps.values() for e in values})
     if df.empty or not any(attack_key("autoattack_pgd", "acc", e) in df for e in eps):
         return pd.DataFrame()
@@ -70,8 +77,10 @@ def claims_under_autoattack(df: pd.DataFrame, sweep_eps: dict[str, list[float]])
         if sides["PGD"] is None:
             continue
         for e in claim_eps(sides["PGD"], sweep_eps):
+            if not _measured(sides["AutoAttack"], ctx, e):  # some runs it compares never took AutoAttack
+                continue
             pgd, autoattack = (evaluate(sides[a], ctx, e, sweep_eps) for a in SWAPS)
-            if pgd.verdict == autoattack.verdict == "not run":
+            if pgd.verdict == autoattack.verdict == "not run":  # some other runs it compares are not in the sweep
                 continue
             changed = f"{pgd.verdict} -> {autoattack.verdict}" if pgd.verdict != autoattack.verdict else ""
             rows.append({"id": claim.id, "section": claim.section, "eps": "" if e is None else f"{e:g}",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, replace
 
+import numpy as np
 import pandas as pd
 
 from ..metrics import HESSIAN_TOP_EIG, REACHED_STOP_TRAIN_ACC, STOPPED_EPOCH, attack_key
@@ -41,9 +42,13 @@ ANSWERS = {("supported", "supported"): "survives fitting",
 
 @dataclass
 class Control:
-    verdicts: pd.DataFrame   # control.csv: one row per trend and eps
+    verdicts: pd.DataFrame   # control.csv: one row per comparison, trend and eps
     runs: pd.DataFrame       # the runs tested, fitted beside fixed, one row per run
     lead: str
+
+
+#: A run's place in both sets: what the two sides are paired on.
+PAIR_KEYS = ["lr", "seed", "batch_size"]
 
 
 def _restricted(claim: Claim, lrs: tuple[float, ...], seeds: tuple[int, ...]) -> Claim:
@@ -56,58 +61,86 @@ def _values(column: pd.Series) -> str:
     return ", ".join(f"{v:g}" for v in sorted(column.dropna().unique()))
 
 
+def _paired(fit: pd.DataFrame, fixed: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both sets with each measurement kept only for the (lr, seed, batch size) both sides have it for (a
+    collapsed or unfinished run on one side takes its twin out), so their verdicts rest on the same units."""
+    fit, fixed = fit.copy(), fixed.copy()
+    keys = [pd.MultiIndex.from_frame(frame[PAIR_KEYS]) for frame in (fit, fixed)]
+    for column in columns:
+        if column not in fit or column not in fixed:
+            continue
+        have = [set(k[frame[column].notna().to_numpy()]) for k, frame in zip(keys, (fit, fixed))]
+        both = have[0] & have[1]
+        for k, frame in zip(keys, (fit, fixed)):
+            frame[column] = frame[column].where(k.isin(list(both)) if both else np.zeros(len(k), dtype=bool))
+    return fit, fixed
+
+
+def _measurements(eps: list[float]) -> list[str]:
+    return ["clean_acc"] + [attack_key(a, "ratio", e) for e in eps for a in ("fgsm", "pgd")] + [HESSIAN_TOP_EIG]
+
+
 def fit_control(df: pd.DataFrame, sweep_eps: dict[str, list[float]]) -> Control | None:
     """The control's verdicts and runs (``df``: ``for_analysis`` output), None when no plain-SGD run at a
-    constant rate was fitted."""
+    constant rate was fitted. One comparison per target (``stop_train_acc`` and its cap of epochs) and
+    number of fixed epochs; a run that reached its cap before its target is shown but left out of the
+    verdicts, with its twin."""
     if df.empty:
         return None
-    is_fitted = fitted(df)
-    fitted_runs, fixed_runs = df[is_fitted], df[~is_fitted]
     base = mnist()  # plain SGD at a constant rate: the runs take-away 1's trends speak of
-    control = settings(fitted_runs[base.mask(fitted_runs)])
+    is_fitted = fitted(df)
+    control = settings(df[is_fitted][base.mask(df[is_fitted])])
     if control.empty:
         return None
     lrs = tuple(sorted(float(v) for v in control["lr"].unique()))
     seeds = tuple(sorted(int(v) for v in control["seed"].unique()))
-    fixed = settings(fixed_runs[replace(base, lr=lrs, seeds=seeds).mask(fixed_runs)])
-    here, there = Context(fitted_runs), Context(fixed_runs)
-    rows = []
-    for claim in (_restricted(by_id(i), lrs, seeds) for i in TRENDS):
-        for eps in claim_eps(claim, sweep_eps):
-            with_fit, without = evaluate(claim, here, eps, sweep_eps), evaluate(claim, there, eps, sweep_eps)
-            rows.append({"id": claim.id, "eps": "" if eps is None else f"{eps:g}", "claim": claim.claim,
-                         "verdict, fixed epochs": without.verdict, "verdict, fitted": with_fit.verdict,
-                         "answer": ANSWERS.get((without.verdict, with_fit.verdict),
-                                               f"{without.verdict} at fixed epochs, {with_fit.verdict} fitted"),
-                         "statistic, fixed epochs": without.statistic, "statistic, fitted": with_fit.statistic})
-    verdicts = pd.DataFrame(rows)
-    target = _values(control["stop_train_acc"])
-    stopped = control.get(STOPPED_EPOCH, pd.Series(index=control.index, dtype=float))
+    fixed = settings(df[~is_fitted][replace(base, lr=lrs, seeds=seeds).mask(df[~is_fitted])])
     reached = control.get(REACHED_STOP_TRAIN_ACC, pd.Series(index=control.index, dtype=float))
-    short = int((reached == 0).sum())
-    lead = (f"{len(control)} runs of plain SGD at constant lr {'/'.join(f'{v:g}' for v in lrs)} (seed{'s' if len(seeds) > 1 else ''} "
-            f"{', '.join(map(str, seeds))}) were trained at each batch size until their training accuracy over an "
-            f"epoch reached {target} (at most {_values(control['epochs'])} epochs): they stopped after "
-            f"{_values(stopped) or 'unrecorded'} epochs"
-            + (f", and {short} reached the cap first" if short else "")
+    capped = reached == 0
+    measurements = _measurements(sweep_eps.get("mnist", []))
+    rows = []
+    for (target, cap), fit in control[~capped].groupby(["stop_train_acc", "epochs"]):
+        for epochs, twins in fixed.groupby("epochs"):
+            here, there = (Context(part) for part in _paired(fit, twins, measurements))
+            for claim in (_restricted(by_id(i), lrs, seeds) for i in TRENDS):
+                for eps in claim_eps(claim, sweep_eps):
+                    with_fit, without = evaluate(claim, here, eps, sweep_eps), evaluate(claim, there, eps, sweep_eps)
+                    answer = ANSWERS.get((without.verdict, with_fit.verdict),
+                                         f"{without.verdict} at fixed epochs, {with_fit.verdict} fitted")
+                    rows.append({"fitted to": f"train acc {target:g}, at most {int(cap)} epochs",
+                                 "fixed epochs": int(epochs), "id": claim.id,
+                                 "eps": "" if eps is None else f"{eps:g}", "claim": claim.claim,
+                                 "verdict, fixed epochs": without.verdict, "verdict, fitted": with_fit.verdict,
+                                 "answer": answer, "statistic, fixed epochs": without.statistic,
+                                 "statistic, fitted": with_fit.statistic})
+    stopped = control.get(STOPPED_EPOCH, pd.Series(index=control.index, dtype=float))
+    lead = (f"{len(control)} runs of plain SGD at constant lr {'/'.join(f'{v:g}' for v in lrs)} (seed"
+            f"{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}) were trained at each batch size until "
+            f"their training accuracy over an epoch reached {_values(control['stop_train_acc'])} (at most "
+            f"{_values(control['epochs'])} epochs): they stopped after {_values(stopped) or 'unrecorded'} epochs"
+            + (f"; {int(capped.sum())} reached the cap first and are left out of the verdicts" if capped.any() else "")
             + f". Beside them, the {len(fixed)} runs of the same rates and seeds trained for "
             f"{_values(fixed['epochs']) or 'no'} epochs. Each of take-away 1's batch-size trends is tested on "
-            "each set with the claims' statistics; the claims' own verdicts (every seed, both rates) are in the "
-            "Claims section.")
-    return Control(verdicts, _runs_table(control, fixed, sweep_eps.get("mnist", [])), lead)
+            "each set with the claims' statistics, on the (lr, seed, batch size) both sets have a value for; the "
+            "claims' own verdicts (every seed and rate) are in the Claims section.")
+    return Control(pd.DataFrame(rows), _runs_table(control, fixed, measurements), lead)
 
 
-def _runs_table(control: pd.DataFrame, fixed: pd.DataFrame, eps: list[float]) -> pd.DataFrame:
-    measures = ["clean_acc"] + [attack_key(a, "ratio", e) for e in eps for a in ("fgsm", "pgd")] + [HESSIAN_TOP_EIG]
-    parts = []
-    for frame, fit in ((control, True), (fixed, False)):
-        part = frame[["batch_size", "seed", "lr", "epochs"] + [c for c in (STOPPED_EPOCH, *measures) if c in frame]]
-        training = (part[STOPPED_EPOCH].map(lambda e: f"fitted: {int(e)} epochs") if fit and STOPPED_EPOCH in part
-                    else part["epochs"].map(lambda e: f"{int(e)} epochs"))
-        parts.append(part.assign(training=training, _fitted=fit))
-    table = pd.concat(parts, ignore_index=True).sort_values(["batch_size", "seed", "lr", "_fitted"])
-    columns = ["batch_size", "seed", "lr", "training"] + [m for m in measures if m in table]
-    decimals = {m: 2 if m == HESSIAN_TOP_EIG else 4 for m in measures}
+def _training(run: pd.Series) -> str:
+    if pd.isna(run.get("stop_train_acc")):
+        return f"{int(run['epochs'])} epochs"
+    if run.get(REACHED_STOP_TRAIN_ACC) == 0:
+        return f"capped at {int(run['epochs'])} epochs (left out)"
+    stopped = run.get(STOPPED_EPOCH)
+    return f"fitted: {int(stopped)} epochs" if pd.notna(stopped) else "fitted: epoch unrecorded"
+
+
+def _runs_table(control: pd.DataFrame, fixed: pd.DataFrame, measurements: list[str]) -> pd.DataFrame:
+    table = pd.concat([control.assign(_fitted=True), fixed.assign(_fitted=False)], ignore_index=True)
+    table = table.sort_values(["batch_size", "seed", "lr", "_fitted"])
+    table["training"] = [_training(run) for _, run in table.iterrows()]
+    columns = ["batch_size", "seed", "lr", "training"] + [m for m in measurements if m in table]
+    decimals = {m: 2 if m == HESSIAN_TOP_EIG else 4 for m in measurements}
     return table[columns].round(decimals).reset_index(drop=True)
 
 

@@ -17,6 +17,7 @@ from typing import Callable
 import pandas as pd
 
 from ..metrics import CLEAN_ACC, HESSIAN_TOP_EIG, attack_key
+from .claims.selection import fitted
 from .figures import Lines, _panel_grid, _save, draw_stability_bounds, line_identity, lines_by, metric_label
 
 
@@ -77,8 +78,9 @@ STUDY_FIGURES = (
 
 
 def study_runs(df: pd.DataFrame, figure: StudyFigure) -> pd.DataFrame:
-    """The finished MNIST runs one figure draws (diverged runs have nothing to draw)."""
-    mnist = df[(df["dataset"] == "mnist") & ~df["diverged"] & df["batch_size"].notna()]
+    """The finished MNIST runs one figure draws (diverged runs have nothing to draw; runs trained to a training
+    accuracy are the under-training control, not the study's training)."""
+    mnist = df[(df["dataset"] == "mnist") & ~df["diverged"] & df["batch_size"].notna() & ~fitted(df)]
     return mnist[figure.select(mnist)] if not mnist.empty else mnist
 
 

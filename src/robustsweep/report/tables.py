@@ -149,17 +149,16 @@ def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean seconds per trial in each phase, per variant, and the sweep's total hours (a last row).
 
     Process start, data loading and MLflow are not in the phases: the sum is a lower bound on a
-    trial's wall time. A variant none of whose runs took a phase has no mean there, and its sum leaves
-    that phase out."""
+    trial's wall time. A phase's mean is over the runs that took it (none: blank); the sum is the mean of
+    each run's own sum, so runs that skipped a phase count it as nothing."""
     columns = _cost_columns(runs)
     if runs.empty or not columns:
         return pd.DataFrame()
     rows = []
     for variant, part in runs.groupby("variant"):
         row = {"variant": variant, "trials": len(part)}
-        means = {label: float(part[c].mean()) for c, label in columns.items()}
-        row.update({label: round(mean, 2) for label, mean in means.items()})
-        row["sum of phases, s/trial"] = round(sum(m for m in means.values() if not math.isnan(m)), 2)
+        row.update({label: round(float(part[c].mean()), 2) for c, label in columns.items()})
+        row["sum of phases, s/trial"] = round(float(part[list(columns)].sum(axis=1, min_count=1).mean()), 2)
         rows.append(row)
     total = {"variant": "all (hours, summed)", "trials": len(runs)}
     total.update({label: round(float(runs[c].sum()) / 3600, 3) for c, label in columns.items()})

@@ -291,5 +291,5 @@ def trend_equivalence(blocks: list[tuple[np.ndarray, np.ndarray]], margin: float
     rhos = np.array([_rank_correlation(stats.rankdata(b[0]), np.asarray(b[1], dtype=float)) for b in blocks])
     rho = float(np.nanmean(rhos)) if np.isfinite(rhos).any() else math.nan  # nan: y constant within every seed
     return _equivalence(change, (change - half, change + half), p_vs, margin, "both", margin_source, n,
-                        f"within-seed rho {rho:+.2f}, n={n} ({shape})", False,
+                        f"within-seed rho {'n/a' if math.isnan(rho) else f'{rho:+.2f}'}, n={n} ({shape})", False,
                         effect_name=f"fitted change {lo_x}->{hi_x}")
