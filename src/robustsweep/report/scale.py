@@ -21,7 +21,7 @@ def _values(part: pd.DataFrame, column: str, show=str) -> str:
     """One value, or each value with its count of runs when the runs differ."""
     if column not in part:
         return "not recorded"
-    counts = part[column].fillna("").astype(str).value_counts()
+    counts = part[column].astype(object).where(part[column].notna(), "").astype(str).value_counts()
     if len(counts) == 1:
         return show(counts.index[0])
     return "differs across runs: " + "; ".join(f"{show(v)} ({n} runs)" for v, n in counts.items())
