@@ -14,10 +14,9 @@ from dataclasses import replace
 import pandas as pd
 
 from ..metrics import AUTOATTACK_CLEAN_ACC, attack_key
-from .claims import CLAIMS, SECTION_ORDER, section_of
+from .claims import in_report_order, study_context
 from .claims.checks import Context, metric_key
 from .claims.claim import Claim, claim_eps, evaluate
-from .claims.selection import fitted
 
 #: The claims' PGD measurements, and what each becomes on AutoAttack's images.
 SWAPS = {"PGD": {"pgd_ratio": "autoattack_pgd_ratio", "pgd_acc": "autoattack_pgd_acc"},
@@ -70,9 +69,9 @@ def claims_under_autoattack(df: pd.DataFrame, sweep_eps: dict[str, list[float]])
     if df.empty or not any(attack_key("autoattack_pgd", "acc", e) in df for e in eps):
         return pd.DataFrame()
     runs = on_autoattack_images(df, eps)
-    ctx = Context(runs[~fitted(runs)])
+    ctx = study_context(runs)
     rows = []
-    for claim in sorted(CLAIMS, key=lambda c: SECTION_ORDER.index(section_of(c))):
+    for claim in in_report_order():
         sides = {attack: _swapped(claim, swap) for attack, swap in SWAPS.items()}
         if sides["PGD"] is None:
             continue

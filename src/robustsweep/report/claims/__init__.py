@@ -22,6 +22,7 @@ from .selection import fitted
 from .verdicts import ALPHA, VERDICTS
 
 __all__ = ["ALPHA", "CLAIMS", "Claim", "ClaimResult", "VERDICTS", "by_id", "claims_table", "evaluate_claims",
+           "in_report_order", "study_context",
            "SECTION_ORDER", "section_of"]
 
 #: Sections in the order the report shows them: the study's four take-aways first.
@@ -35,15 +36,25 @@ def section_of(claim: Claim) -> str:
     return claim.primary_section()
 
 
+def in_report_order(claims: tuple[Claim, ...] = CLAIMS) -> list[Claim]:
+    """The claims by section (take-aways first), then as registered."""
+    return sorted(claims, key=lambda c: SECTION_ORDER.index(section_of(c)))
+
+
+def study_context(df: pd.DataFrame) -> Context:
+    """The runs the claims are tested on (``for_analysis`` output), with their margins: runs trained to a
+    training accuracy (:func:`.selection.fitted`) are left out, since the study trains for a fixed number of
+    epochs and those runs share every setting a claim selects by with the runs they control for."""
+    return Context(df[~fitted(df)])
+
+
 def evaluate_claims(df: pd.DataFrame, sweep_eps: dict[str, list[float]],
                     claims: tuple[Claim, ...] = CLAIMS) -> list[ClaimResult]:
-    """Every claim at every eps it speaks of, against the runs (``for_analysis`` output), in the report's
-    order: by section (take-aways first), then as registered. Runs trained to a training accuracy
-    (:func:`.selection.fitted`) are left out: the study trains for a fixed number of epochs, and those runs
-    share every setting a claim selects by with the runs they control for."""
-    ctx = Context(df[~fitted(df)])
-    ordered = sorted(claims, key=lambda c: SECTION_ORDER.index(section_of(c)))
-    return [evaluate(claim, ctx, eps, sweep_eps) for claim in ordered for eps in claim_eps(claim, sweep_eps)]
+    """Every claim at every eps it speaks of, against the runs (``for_analysis`` output; :func:`study_context`),
+    in the report's order (:func:`in_report_order`)."""
+    ctx = study_context(df)
+    return [evaluate(claim, ctx, eps, sweep_eps) for claim in in_report_order(claims)
+            for eps in claim_eps(claim, sweep_eps)]
 
 
 def claims_table(results: list[ClaimResult]) -> pd.DataFrame:
