@@ -79,3 +79,49 @@ def test_resume_from_an_older_checkpoint_logs_each_epoch_once(mnist_root, mlflow
     for key in ("train_loss", "test_acc", "lr"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key
     assert [m.step for m in client.get_metric_history(run.info.run_id, "clean_acc")] == [3]
+
+
+def test_a_resumed_trials_cost_carries_its_first_attempt_and_leaves_out_the_break(mnist_root, mlflow_uri):
+    # The first attempt dies in epoch 3; the trial resumes from epoch 2's checkpoint after a break (the
+    # next session's `resume`). Its trial_seconds is what both attempts spent, not its run's span.
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from robustsweep.trial import InjectedFailure
+
+    config = make_trial_config({
+        "data_root": str(mnist_root), "mlflow_tracking_uri": mlflow_uri, "device": "cpu", "subset": 200,
+        "batch_size": 50, "epochs": 3, "test_subset": 100, "attack_subset": 20, "hessian_samples": 20,
+        "pgd_steps": 1, "hessian_iters": 2, "eps": [0.1], "fail_at_epoch": 3})
+    states = {}
+    with pytest.raises(InjectedFailure):
+        run_trial(config, on_epoch_end=lambda e, m, state: states.setdefault(e, _through_a_checkpoint(state())))
+    first = states[2][keys.TRIAL_SECONDS]
+    assert 0 < states[1][keys.TRIAL_SECONDS] < first
+    time.sleep(3.0)
+    began = time.perf_counter()
+    outcome = run_trial(config, resume_state=states[2])
+    second = time.perf_counter() - began
+    run = MlflowClient(mlflow_uri).get_run(outcome.run_id)
+    cost = run.data.metrics[keys.TRIAL_SECONDS]
+    assert outcome.metrics[keys.TRIAL_SECONDS] == pytest.approx(cost)
+    assert first + 0.5 * second < cost <= first + second, (first, second, cost)
+    span = (run.info.end_time - run.info.start_time) / 1000
+    # The run's span holds the 3 s break and not the first attempt's start-up (loading data before its run
+    # began, about 1.5 s here): the cost holds the start-up and not the break.
+    assert cost < span - 1.0, (cost, span)
+
+
+def test_a_trial_run_in_one_go_costs_its_runs_span(mnist_root, mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    config = make_trial_config({
+        "data_root": str(mnist_root), "mlflow_tracking_uri": mlflow_uri, "device": "cpu", "subset": 200,
+        "batch_size": 50, "epochs": 2, "test_subset": 100, "attack_subset": 20, "hessian_samples": 20,
+        "pgd_steps": 1, "hessian_iters": 2, "eps": [0.1]})
+    outcome = run_trial(config)
+    run = MlflowClient(mlflow_uri).get_run(outcome.run_id)
+    span = (run.info.end_time - run.info.start_time) / 1000
+    work = sum(h["epoch_seconds"] + h["test_seconds"] for h in outcome.history)
+    assert work < run.data.metrics[keys.TRIAL_SECONDS] <= span + 2.0  # data loading precedes the run

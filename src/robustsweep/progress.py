@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 import sys
 
+from .metrics import TRIAL_SECONDS
+
 
 def _duration(seconds: float) -> str:
     minutes = round(seconds / 60)
@@ -70,8 +72,9 @@ def ray_progress_callback(total: int):
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
             result = trial.last_result or {}
-            if not result.get("already_finished") and result.get("time_total_s"):
-                self.durations.append(float(result["time_total_s"]))
+            seconds = result.get(TRIAL_SECONDS) or result.get("time_total_s")  # the first sums over attempts
+            if not result.get("already_finished") and seconds:
+                self.durations.append(float(seconds))
             running = sum(1 for t in trials if t.status == "RUNNING")
             _to_stderr(f"robustsweep: {progress_line(self.done, total, self.durations, running + 1)}")
 

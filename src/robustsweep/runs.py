@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from .errors import TrackingUnavailable, UserError
+from .metrics import TRIAL_SECONDS
 from .progress import observed_at_once, progress_line
 from .storage import driver_state
 from .tracking import filter_value, is_unavailable, make_client
@@ -252,6 +253,19 @@ def _stopped_with_its_sweep(run) -> bool:
     return run.data.tags.get("error", "").startswith("TrialInterrupted: ")
 
 
+def trial_duration(run) -> float | None:
+    """What a finished trial cost in wall seconds, for ``status``'s estimate: its ``trial_seconds`` (summed over
+    its attempts, breaks between them left out); for runs logged before that metric, end minus start, except
+    where the run was resumed (``resumed_from_epoch``): its span then holds the break between the attempts (a
+    trial continued by the next session's ``resume`` carries the hours in between), so it gives None."""
+    seconds = run.data.metrics.get(TRIAL_SECONDS)
+    if seconds is not None:
+        return float(seconds)
+    if "resumed_from_epoch" in run.data.tags or not (run.info.end_time and run.info.start_time):
+        return None
+    return (run.info.end_time - run.info.start_time) / 1000
+
+
 #: Trial states that `status` counts, in the order it prints them.
 STATUS_KEYS = ("pending", "running", "interrupted", "finished", "pruned", "collapsed", "diverged", "failed")
 
@@ -269,6 +283,7 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
     counts = {k: 0 for k in STATUS_KEYS}
     failures = []
     intervals: list[tuple[float, float]] = []  # the finished trials' (start, end), seconds
+    durations: list[float] = []  # what each cost (trial_duration), where known
     ids, total = list(saved.trial_ids), len(saved.trial_ids)
     if saved.search is not None:
         sampled = searched_ids(runs, saved.search.group)
@@ -279,6 +294,7 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
         state, run = trial_state(runs.get(trial_id, []))
         if state == "finished" and run.info.end_time and run.info.start_time:
             intervals.append((run.info.start_time / 1000, run.info.end_time / 1000))
+            durations += [d for d in [trial_duration(run)] if d is not None]
         if state == "finished":
             outcome = run.data.tags.get("outcome", "finished")
             counts[outcome if outcome in ("collapsed", "diverged", "pruned") else "finished"] += 1
@@ -297,5 +313,5 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
     parallel = counts["running"] or observed_at_once(intervals)
     return SweepStatus(name, counts, total, saved.tracking_uri, saved.experiment,
                        saved.experiment_dir, failures, driver, experiment_id,
-                       progress_line(done, total, [end - start for start, end in intervals], parallel),
+                       progress_line(done, total, durations or [end - start for start, end in intervals], parallel),
                        parent_run_id(client, experiment_id, name) if experiment_id else None)

@@ -192,6 +192,7 @@ def run_trial(config: TrialConfig, *, resume_state: dict[str, Any] | None = None
     process by default; ``robustsweep run`` passes
     :meth:`~robustsweep.tracking_process.TrackingProcess.open_run`.
     """
+    started = time.perf_counter()
     config = config.resolved()
     keep_freed_memory()  # process-wide, once: no page faults on every step's fresh activations
     uri = normalize_tracking_uri(config.mlflow_tracking_uri)
@@ -213,7 +214,7 @@ def run_trial(config: TrialConfig, *, resume_state: dict[str, Any] | None = None
                    run_name=run_name, tags={"git_commit": git_commit(), "torch_version": torch.__version__,
                                             "device_name": device_name(device), **(tags or {})})
     try:
-        return _run(config, run, device, data, model, variant, resume_state, on_epoch_end, progress, log)
+        return _run(config, run, device, data, model, variant, resume_state, on_epoch_end, progress, log, started)
     except torch.OutOfMemoryError as exc:
         run.fail(exc)
         raise _out_of_memory(exc, device, config) from None
@@ -244,7 +245,7 @@ def _out_of_memory(exc: BaseException, device: torch.device, config: TrialConfig
 
 def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceData, model: torch.nn.Module,
          variant: Variant, resume_state: dict[str, Any] | None, on_epoch_end: EpochCallback | None, progress: bool,
-         log: Callable[[str], None]) -> TrialOutcome:
+         log: Callable[[str], None], started: float) -> TrialOutcome:
     run.log_params(config.to_dict())  # idempotent: a reopened run gets the same values again
     run.log_datasets(dataset_inputs(config, data))  # those the run lacks (a reopened run may have none)
     data_generator = torch.Generator().manual_seed(config.seed)
@@ -262,10 +263,23 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
         run.set_tags({"resumed_from_epoch": str(start_epoch)})
         log(f"resumed at epoch {start_epoch} into MLflow run {run.run_id}")
 
+    # What earlier attempts spent up to the checkpoint this one resumes from (none in checkpoints before it).
+    carried = float((resume_state or {}).get(keys.TRIAL_SECONDS, 0.0))
+
+    def trial_seconds() -> float:
+        return carried + time.perf_counter() - started
+
     def checkpoint_state(epoch: int) -> dict[str, Any]:
         return {"epoch": epoch, "model": model.state_dict(), "variant": variant.state_dict(),
                 "data_generator": data_generator.get_state(), "rng": _rng_state(device),
-                "history": list(history), "run_id": run.run_id}
+                "history": list(history), "run_id": run.run_id, keys.TRIAL_SECONDS: trial_seconds()}
+
+    def finish(status: str, metrics: dict[str, float], epochs_run: int) -> TrialOutcome:
+        """End the run FINISHED with its cost (``trial_seconds``): a trial's last act."""
+        cost = {keys.TRIAL_SECONDS: trial_seconds()}
+        run.log_metrics(cost, step=epochs_run)
+        run.finish("FINISHED")
+        return TrialOutcome(status, run.run_id, {**metrics, **cost}, history, epochs_run)
 
     # A reopened run may hold epochs past the checkpoint (logged just before the process died):
     # they are trained again, identically, but logged once.
@@ -309,8 +323,7 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
             except TrialStopped:
                 log(f"stopped by the scheduler after epoch {epoch + 1}: pruned")
                 run.set_tags({"outcome": PRUNED, "pruned_epoch": str(epoch + 1)})
-                run.finish("FINISHED")
-                return TrialOutcome(PRUNED, run.run_id, {}, history, epoch + 1)
+                return finish(PRUNED, {}, epoch + 1)
         if _reached(config, train_acc):
             log(f"training accuracy {train_acc:.4f} reached stop_train_acc={config.stop_train_acc:g} in epoch "
                 f"{epoch + 1}: training stops")
@@ -321,9 +334,7 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
         run.log_metrics({"diverged": 1.0, "diverged_epoch": float(diverged_at)}, step=diverged_at)
         run.set_tags({"outcome": "diverged",
                       "diverged_reason": f"training loss became non-finite in epoch {diverged_at}"})
-        run.finish("FINISHED")
-        return TrialOutcome("diverged", run.run_id, {"diverged": 1.0, "diverged_epoch": float(diverged_at)},
-                            history, diverged_at)
+        return finish("diverged", {"diverged": 1.0, "diverged_epoch": float(diverged_at)}, diverged_at)
 
     # The last epoch's test pass measured this very model on this very data: its accuracy is clean_acc.
     final = evaluate(model, data, config, log, clean_acc=history[-1]["test_acc"])
@@ -349,8 +360,7 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
                                     f"chance ({chance:g}): its attack ratios and curvature mean nothing")
         log(f"collapsed: {tags['collapsed_reason']}")
     run.set_tags(tags)
-    run.finish("FINISHED")
-    return TrialOutcome(outcome, run.run_id, final, history, last_epoch)
+    return finish(outcome, final, last_epoch)
 
 
 def _reached(config: TrialConfig, train_acc: float) -> bool:
