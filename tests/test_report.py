@@ -1,5 +1,6 @@
 """`robustsweep report` from a real MLflow store filled by a real (debug-mode) sweep."""
 
+import html
 import itertools
 import json
 import math
@@ -122,6 +123,12 @@ def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
             assert image.size[0] > 100 and image.size[1] > 100
     page = (out / "index.html").read_text()
     assert set(re.findall(r'<img src="([^"]+)"', page)) == {p.name for p in pngs}
+    # tables.md is the same page: the same sections in the same order, every figure linked
+    markdown = (out / "tables.md").read_text()
+    headings = [html.unescape(t) for t in re.findall(r'<h2 id="[^"]+">(.*?)</h2>', page)]
+    assert [line[3:] for line in markdown.splitlines() if line.startswith("## ")] == headings
+    assert headings[:2] == ["What was run", "Claims: the study's findings, tested"] and len(headings) >= 8
+    assert set(re.findall(r"!\[[^]]*\]\(([^)]+)\)", markdown)) == {p.name for p in pngs}
     # the study's Figure 1 (the sweep has constant-rate SGD and Adam); no momentum, decay or schedule
     # runs beside their baselines, so no Figures 3-5
     assert (out / "figure1.png").exists() and not list(out.glob("figure[345].png"))

@@ -58,20 +58,30 @@ def test_resume_from_epochs_1_and_2_equals_three_epochs_straight(variant, mnist_
             assert torch.equal(tensor, states[start][3]["model"][name]), (start, name)
 
 
+def _tiny(mnist_root, mlflow_uri, **settings):
+    return make_trial_config({
+        "data_root": str(mnist_root), "mlflow_tracking_uri": mlflow_uri, "device": "cpu", "subset": 200,
+        "batch_size": 50, "epochs": 3, "test_subset": 100, "attack_subset": 20, "hessian_samples": 20,
+        "pgd_steps": 1, "hessian_iters": 2, "eps": [0.1], **settings})
+
+
+def _dies_in_epoch_3(mnist_root, mlflow_uri):
+    """A 3-epoch trial's first attempt, which dies in epoch 3: its config and its checkpoints of epochs 1 and 2."""
+    from robustsweep.trial import InjectedFailure
+
+    config = _tiny(mnist_root, mlflow_uri, fail_at_epoch=3)
+    states = {}
+    with pytest.raises(InjectedFailure):
+        run_trial(config, on_epoch_end=lambda e, m, state: states.setdefault(e, _through_a_checkpoint(state())))
+    return config, states
+
+
 def test_resume_from_an_older_checkpoint_logs_each_epoch_once(mnist_root, mlflow_uri):
     # The first attempt logs epochs 1 and 2, then dies in epoch 3; its newest checkpoint that
     # survived is epoch 1's (as when a process dies between logging an epoch and checkpointing it).
     from mlflow.tracking import MlflowClient
 
-    from robustsweep.trial import InjectedFailure
-
-    config = make_trial_config({
-        "data_root": str(mnist_root), "mlflow_tracking_uri": mlflow_uri, "device": "cpu", "subset": 200,
-        "batch_size": 50, "epochs": 3, "test_subset": 100, "attack_subset": 20, "hessian_samples": 20,
-        "pgd_steps": 1, "hessian_iters": 2, "eps": [0.1], "fail_at_epoch": 3})
-    states = {}
-    with pytest.raises(InjectedFailure):
-        run_trial(config, on_epoch_end=lambda e, m, state: states.setdefault(e, _through_a_checkpoint(state())))
+    config, states = _dies_in_epoch_3(mnist_root, mlflow_uri)
     outcome = run_trial(config, resume_state=states[1])
     client = MlflowClient(mlflow_uri)
     (run,) = trial_runs_only(client.search_runs([client.get_experiment_by_name("robustsweep").experiment_id]))
@@ -88,15 +98,7 @@ def test_a_resumed_trials_cost_carries_its_first_attempt_and_leaves_out_the_brea
 
     from mlflow.tracking import MlflowClient
 
-    from robustsweep.trial import InjectedFailure
-
-    config = make_trial_config({
-        "data_root": str(mnist_root), "mlflow_tracking_uri": mlflow_uri, "device": "cpu", "subset": 200,
-        "batch_size": 50, "epochs": 3, "test_subset": 100, "attack_subset": 20, "hessian_samples": 20,
-        "pgd_steps": 1, "hessian_iters": 2, "eps": [0.1], "fail_at_epoch": 3})
-    states = {}
-    with pytest.raises(InjectedFailure):
-        run_trial(config, on_epoch_end=lambda e, m, state: states.setdefault(e, _through_a_checkpoint(state())))
+    config, states = _dies_in_epoch_3(mnist_root, mlflow_uri)
     first = states[2][keys.TRIAL_SECONDS]
     assert 0 < states[1][keys.TRIAL_SECONDS] < first
     time.sleep(3.0)
@@ -116,11 +118,7 @@ def test_a_resumed_trials_cost_carries_its_first_attempt_and_leaves_out_the_brea
 def test_a_trial_run_in_one_go_costs_its_runs_span(mnist_root, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
-    config = make_trial_config({
-        "data_root": str(mnist_root), "mlflow_tracking_uri": mlflow_uri, "device": "cpu", "subset": 200,
-        "batch_size": 50, "epochs": 2, "test_subset": 100, "attack_subset": 20, "hessian_samples": 20,
-        "pgd_steps": 1, "hessian_iters": 2, "eps": [0.1]})
-    outcome = run_trial(config)
+    outcome = run_trial(_tiny(mnist_root, mlflow_uri, epochs=2))
     run = MlflowClient(mlflow_uri).get_run(outcome.run_id)
     span = (run.info.end_time - run.info.start_time) / 1000
     work = sum(h["epoch_seconds"] + h["test_seconds"] for h in outcome.history)

@@ -73,7 +73,7 @@ def claims_html(results: list[ClaimResult]) -> str:
 
 
 def claims_markdown(results: list[ClaimResult]) -> list[str]:
-    lines = ["## Claims", "", RULES, "", f"Verdicts: {verdict_counts(results)}.", ""]
+    lines = [RULES, "", f"Verdicts: {verdict_counts(results)}.", ""]
     for section, part in _grouped(results):
         table = pd.DataFrame([{"id": r.claim.id, "dataset": r.claim.dataset,
                                "eps": "" if r.eps is None else f"{r.eps:g}", "claim": r.claim.claim,

@@ -150,5 +150,5 @@ def control_html(control: Control) -> str:
 
 
 def control_markdown(control: Control) -> list[str]:
-    return [f"## {TITLE}", "", control.lead, "", to_markdown(control.verdicts), "", "### The runs", "",
+    return [control.lead, "", to_markdown(control.verdicts), "", "### The runs", "",
             to_markdown(control.runs), ""]

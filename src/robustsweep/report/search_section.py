@@ -112,7 +112,7 @@ def search_section(table: pd.DataFrame, problems: list[dict[str, str]], search: 
             body += (f'<figure><img src="{figure.name}" alt="Pareto front"><figcaption>'
                      f"{html.escape(' against '.join(reversed(search.metrics())))}: every finished searched trial; "
                      "filled: meets the constraints; red: the non-dominated ones.</figcaption></figure>")
-    markdown = ["## Search", "", head, "", f"### {title}", "", md, ""]
+    markdown = [head, "", f"### {title}", "", md, ""]
     return f"<p>{html.escape(head)}</p><h3>{html.escape(title)}</h3>{body}", markdown, figures
 
 
