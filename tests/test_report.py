@@ -156,6 +156,10 @@ def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
     assert cost.loc["sgd", "PGD"] == pytest.approx(sgd_runs["seconds_pgd"].mean(), abs=0.006)
     assert cost.loc["sgd", "training"] > 0
     assert cost.loc["all (hours, summed)", "PGD"] == pytest.approx(runs["seconds_pgd"].sum() / 3600, abs=6e-4)
+    # and what whole trials cost (trial_seconds): more than their phases (process start, data, MLflow)
+    assert runs["trial_seconds"].notna().all()
+    assert cost.loc["sgd", "whole trial, s/trial"] == pytest.approx(sgd_runs["trial_seconds"].mean(), abs=0.006)
+    assert (cost["whole trial, s/trial"] > cost["sum of phases, s/trial"]).all()
     # the study's claims come first on the page, one row per claim and eps; this sweep (SGD and Adam at
     # lr 0.05, 2 batch sizes, 2 seeds) has no ratio, momentum or CIFAR-10 runs
     assert not (out / "conclusions.csv").exists()
@@ -778,6 +782,17 @@ def test_cost_table_has_every_phase_the_runs_took_in_their_order_and_sums_what_e
     assert cost.loc["all (hours, summed)", "AutoAttack (APGD-CE + APGD-T)"] == round(50 / 3600, 3)
     assert cost.loc["all (hours, summed)", "sum of phases, s/trial"] == round(
         (600 + 60 + 3 + 21 + 50 + 15 + 3) / 3600, 3)
+
+
+def test_cost_table_gives_what_whole_trials_cost_over_the_runs_that_logged_it():
+    from robustsweep.report.tables import cost_table
+
+    runs = pd.DataFrame({"variant": ["sgd", "sgd", "adam"], "seconds_training": [100.0, 200.0, 300.0],
+                         "trial_seconds": [130.0, np.nan, 400.0]})  # the second predates trial_seconds
+    cost = cost_table(runs).set_index("variant")
+    assert list(cost.columns) == ["trials", "training", "sum of phases, s/trial", "whole trial, s/trial"]
+    assert cost.loc["sgd", "whole trial, s/trial"] == 130 and cost.loc["adam", "whole trial, s/trial"] == 400
+    assert cost.loc["all (hours, summed)", "whole trial, s/trial"] == round(530 / 3600, 3)
 
 
 def test_eigenvalue_panels_draw_the_edge_of_stability_2_over_lr_for_constant_rate_sgd_runs():

@@ -308,7 +308,8 @@ def _cost_section(runs: SweepRuns, out: Path) -> Section:
     cost = cost_table(runs.table)
     cost.to_csv(out / "cost.csv", index=False)
     lead = ("Seconds per trial in each phase, mean per variant, as the trials logged them; the last row is the "
-            "sweep's total, in hours. Process start, data loading and MLflow are outside the phases.")
+            "sweep's total, in hours. Process start, data loading and MLflow are outside the phases; the whole "
+            "trial's column (trial_seconds, where the runs logged it) holds them.")
     return Section("cost", "Cost",
                    f"<p>{lead}</p>" + (to_html(cost) if not cost.empty else "<p>No timings logged.</p>"),
                    [lead, "", to_markdown(cost) if not cost.empty else "No timings logged.", ""])

@@ -16,7 +16,7 @@ import pandas as pd
 from ..config import yaml_load
 from ..errors import UserError
 from .. import measurements
-from ..metrics import (ATTACKED_CLEAN_ACC, REACHED_STOP_TRAIN_ACC, STOPPED_EPOCH, measurement_keys,
+from ..metrics import (ATTACKED_CLEAN_ACC, REACHED_STOP_TRAIN_ACC, STOPPED_EPOCH, TRIAL_SECONDS, measurement_keys,
                        phase_seconds_key)
 from ..runs import metric_histories, read_sweep_runs_cached, trial_state
 from ..saved_sweep import resolve
@@ -34,8 +34,8 @@ SCALE_TAGS = ["sweep", "sweep_flags", "git_commit", "device_name"]
 _INT = {"batch_size", "epochs", "seed", "pgd_steps", "attack_subset", "subset", "test_subset", "hessian_samples",
         "autoattack_subset", "autoattack_steps", "autoattack_targets", "hessian_trace_probes"}
 _FLOAT = {"lr", "lr_batch_ratio", "momentum", "weight_decay", "pgd_step_size", "stop_train_acc"}
-#: Per-run metrics beside the measurements: the epoch a stop_train_acc run stopped at.
-EXTRA_METRICS = [STOPPED_EPOCH, REACHED_STOP_TRAIN_ACC]
+#: Per-run metrics beside the measurements: the epoch a stop_train_acc run stopped at; what the trial cost.
+EXTRA_METRICS = [STOPPED_EPOCH, REACHED_STOP_TRAIN_ACC, TRIAL_SECONDS]
 
 
 @dataclass

@@ -9,7 +9,7 @@ import re
 import pandas as pd
 
 from .. import measurements
-from ..metrics import phase_seconds_key
+from ..metrics import TRIAL_SECONDS, phase_seconds_key
 
 #: The configuration a table row stands for (seeds are aggregated over).
 ROW_KEYS = ["variant", "batch_size", "lr", "lr_batch_ratio", "momentum", "weight_decay", "schedule", "epochs"]
@@ -145,22 +145,32 @@ def _cost_columns(runs: pd.DataFrame) -> dict[str, str]:
     return {c: label for c, label in named.items() if c in runs and runs[c].notna().any()}
 
 
+#: The cost table's column of what whole trials cost (``trial_seconds``: process start to end, over attempts).
+WHOLE_TRIAL = "whole trial, s/trial"
+
+
 def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean seconds per trial in each phase, per variant, and the sweep's total hours (a last row).
 
     Process start, data loading and MLflow are not in the phases: the sum is a lower bound on a
-    trial's wall time. A phase's mean is over the runs that took it (none: blank); the sum is the mean of
+    trial's wall time, which the last column gives where the runs logged it (``trial_seconds``, over the runs
+    that did). A phase's mean is over the runs that took it (none: blank); the sum is the mean of
     each run's own sum, so runs that skipped a phase count it as nothing."""
     columns = _cost_columns(runs)
     if runs.empty or not columns:
         return pd.DataFrame()
+    whole = TRIAL_SECONDS in runs and runs[TRIAL_SECONDS].notna().any()
     rows = []
     for variant, part in runs.groupby("variant"):
         row = {"variant": variant, "trials": len(part)}
         row.update({label: round(float(part[c].mean()), 2) for c, label in columns.items()})
         row["sum of phases, s/trial"] = round(float(part[list(columns)].sum(axis=1, min_count=1).mean()), 2)
+        if whole:
+            row[WHOLE_TRIAL] = round(float(part[TRIAL_SECONDS].mean()), 2)
         rows.append(row)
     total = {"variant": "all (hours, summed)", "trials": len(runs)}
     total.update({label: round(float(runs[c].sum()) / 3600, 3) for c, label in columns.items()})
     total["sum of phases, s/trial"] = round(sum(float(runs[c].sum()) for c in columns) / 3600, 3)
+    if whole:
+        total[WHOLE_TRIAL] = round(float(runs[TRIAL_SECONDS].sum()) / 3600, 3)
     return pd.DataFrame(rows + [total])
