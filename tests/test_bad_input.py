@@ -247,24 +247,39 @@ def test_checkpoints_are_read_without_unpickling_code(tmp_path):
     assert read_checkpoint_state(tmp_path)["epoch"] == 1
 
 
-def test_status_estimates_from_what_trials_cost_not_from_spans_holding_a_break(tmp_path, mnist_root):
-    # Four finished trials of ten, run one at a time: two ran in one go (10 min each, end minus start); one
-    # logged trial_seconds (10 min, resumed across a 5 h break); one resumed before that metric existed (its
-    # 5 h span holds the break: left out). Six left at 10 min a trial: about 1 h.
+def _status_after(tmp_path, mnist_root, runs) -> str:
+    """status's progress line for a 10-trial sweep whose first trials ended as ``runs`` say: (start, end) in
+    minutes, tags, trial_seconds or None."""
     rates = ", ".join(f"{0.01 * i:g}" for i in range(1, 11))
     spec = load_sweep(tiny_sweep(tmp_path, mnist_root, groups=f"[{{name: g, grid: {{lr: [{rates}]}}}}]"))
     _save_spec(spec)
     client = MlflowClient(spec.tracking_uri)
     experiment = client.create_experiment("s")
-    t0, minute, hour = 1_790_000_000_000, 60_000, 3_600_000  # ms
-    runs = [(t0, t0 + 10 * minute, {}, None), (t0 + 10 * minute, t0 + 20 * minute, {}, None),
-            (t0 + 20 * minute, t0 + 20 * minute + 5 * hour, {"resumed_from_epoch": "3"}, 600.0),
-            (t0 + 20 * minute + 5 * hour, t0 + 20 * minute + 10 * hour, {"resumed_from_epoch": "2"}, None)]
+    t0, minute = 1_790_000_000_000, 60_000  # ms
     for trial, (start, end, tags, cost) in zip(spec.trials, runs):
-        run = client.create_run(experiment, start_time=start,
+        run = client.create_run(experiment, start_time=t0 + start * minute,
                                 tags={"sweep": "s", "trial_id": trial.trial_id, "outcome": "finished", **tags})
         if cost is not None:
             client.log_metric(run.info.run_id, "trial_seconds", cost)
-        client.set_terminated(run.info.run_id, status="FINISHED", end_time=end)
-    progress = status("s", str(tmp_path / "ray_results")).progress
-    assert progress == "4/10 trials done; about 1 h 00 min left (mean 10 min a trial over 3 finished, 1 at a time)"
+        client.set_terminated(run.info.run_id, status="FINISHED", end_time=t0 + end * minute)
+    return status("s", str(tmp_path / "ray_results")).progress
+
+
+def test_status_estimates_from_what_trials_cost_not_from_spans_holding_a_break(tmp_path, mnist_root):
+    # Four finished trials of ten, run one at a time: two ran in one go (10 min each, end minus start); one
+    # logged trial_seconds (10 min, resumed across a 5 h break); one resumed before that metric existed (its
+    # 5 h span holds the break: left out). Six left at 10 min a trial: about 1 h.
+    hours = 60
+    runs = [(0, 10, {}, None), (10, 20, {}, None), (20, 20 + 5 * hours, {"resumed_from_epoch": "3"}, 600.0),
+            (20 + 5 * hours, 20 + 10 * hours, {"resumed_from_epoch": "2"}, None)]
+    assert _status_after(tmp_path, mnist_root, runs) == (
+        "4/10 trials done; about 1 h 00 min left (mean 10 min a trial over 3 finished, 1 at a time)")
+
+
+def test_status_counts_trials_at_a_time_without_a_resumed_trials_span(tmp_path, mnist_root):
+    # Two at a time in two sessions five hours apart; one trial ran on from the first into the second. Its
+    # span would join the sessions into one busy stretch, as if the trials had run one at a time.
+    runs = [(0, 10, {}, None), (0, 10, {}, None), (10, 20, {}, None), (10, 300, {"resumed_from_epoch": "1"}, 600.0),
+            (300, 310, {}, None), (300, 310, {}, None)]
+    assert _status_after(tmp_path, mnist_root, runs) == (
+        "6/10 trials done; about 20 min left (mean 10 min a trial over 6 finished, 2 at a time)")

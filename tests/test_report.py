@@ -135,7 +135,7 @@ def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
     assert "PGD: 2 steps of 2.5 eps / steps (Madry et al.), from a uniform random start" in page
     assert "Attacked: the first 40 test images" in (out / "tables.md").read_text()
     # tables aggregate the two seeds: mean ± std (n=2) against MLflow's numbers
-    table = (out / "tables.md").read_text().split("## Cost")[0]  # the per-group tables
+    table = (out / "tables.md").read_text().split("## Curvature")[0]  # up to the per-group tables
     sgd32 = [mlflow_runs[r].data.metrics["clean_acc"] for r in
              runs[(runs.variant == "sgd") & (runs.batch_size == 25) & (runs.group == "constant-lr")]["run_id"]]
     assert f"{np.mean(sgd32):.4f} ± {np.std(sgd32, ddof=1):.2g} (n=2)" in table
@@ -790,9 +790,11 @@ def test_cost_table_gives_what_whole_trials_cost_over_the_runs_that_logged_it():
     runs = pd.DataFrame({"variant": ["sgd", "sgd", "adam"], "seconds_training": [100.0, 200.0, 300.0],
                          "trial_seconds": [130.0, np.nan, 400.0]})  # the second predates trial_seconds
     cost = cost_table(runs).set_index("variant")
-    assert list(cost.columns) == ["trials", "training", "sum of phases, s/trial", "whole trial, s/trial"]
+    assert list(cost.columns) == ["trials", "training", "sum of phases, s/trial", "whole trial, s/trial",
+                                  "trials with whole-trial time"]
     assert cost.loc["sgd", "whole trial, s/trial"] == 130 and cost.loc["adam", "whole trial, s/trial"] == 400
     assert cost.loc["all (hours, summed)", "whole trial, s/trial"] == round(530 / 3600, 3)
+    assert list(cost["trials with whole-trial time"]) == [1, 1, 2] and list(cost["trials"]) == [1, 2, 3]
 
 
 def test_eigenvalue_panels_draw_the_edge_of_stability_2_over_lr_for_constant_rate_sgd_runs():

@@ -115,7 +115,8 @@ def test_a_resumed_trials_cost_carries_its_first_attempt_and_leaves_out_the_brea
     assert cost < span - 1.0, (cost, span)
 
 
-def test_a_trial_run_in_one_go_costs_its_runs_span(mnist_root, mlflow_uri):
+def test_a_trial_run_in_one_go_costs_more_than_its_epochs_and_at_most_its_runs_span_and_data_loading(
+        mnist_root, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
     outcome = run_trial(_tiny(mnist_root, mlflow_uri, epochs=2))

@@ -451,6 +451,7 @@ def test_a_random_two_objective_search_runs_and_its_report_draws_the_front(tmp_p
     assert (tmp_path / "report" / "search_pareto.png").stat().st_size > 1000
     page = (tmp_path / "report" / "index.html").read_text()
     assert "Non-dominated trials (the Pareto front" in page
+    assert "](search_pareto.png)" in (tmp_path / "report" / "tables.md").read_text()  # tables.md shows it too
     by_trial = {r.data.tags["trial_id"]: [r] for r in runs}
     summary = search_summary(load_sweep(path).search, by_trial)
     assert summary["best"], "no trial on the front"

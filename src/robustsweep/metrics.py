@@ -19,8 +19,10 @@ HESSIAN_TOP_K_ITERS = "hessian_top_k_iters"
 #: The epoch training stopped at (stop_train_acc), and whether it reached the target accuracy.
 STOPPED_EPOCH = "stopped_epoch"
 REACHED_STOP_TRAIN_ACC = "reached_stop_train_acc"
-#: The trial's wall seconds from its process's start to its end, summed over its attempts (a resumed trial's
-#: earlier attempts up to their last checkpoint): what it cost, without the breaks between them.
+#: The trial's wall seconds from the start of its run_trial call (data loading, model set-up and MLflow
+#: included; the interpreter's and torch's import and Ray's worker start-up not) to its end, summed over its
+#: attempts (a resumed trial's earlier attempts up to their last checkpoint): what it cost, without the breaks
+#: between them.
 TRIAL_SECONDS = "trial_seconds"
 #: Peak GPU memory of the trial's process, MiB (GPU trials only).
 PEAK_GPU_MIB = "peak_gpu_mib"

@@ -72,7 +72,8 @@ def ray_progress_callback(total: int):
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
             result = trial.last_result or {}
-            seconds = result.get(TRIAL_SECONDS) or result.get("time_total_s")  # the first sums over attempts
+            # trial_seconds sums over attempts; a pruned trial's last result lacks it: Ray's time_total_s then
+            seconds = result.get(TRIAL_SECONDS) or result.get("time_total_s")
             if not result.get("already_finished") and seconds:
                 self.durations.append(float(seconds))
             running = sum(1 for t in trials if t.status == "RUNNING")

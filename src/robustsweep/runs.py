@@ -282,7 +282,7 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
     driver = driver_state(saved.storage_path, name)
     counts = {k: 0 for k in STATUS_KEYS}
     failures = []
-    intervals: list[tuple[float, float]] = []  # the finished trials' (start, end), seconds
+    intervals: list[tuple[float, float]] = []  # the finished trials' (start, end), seconds, but resumed ones
     durations: list[float] = []  # what each cost (trial_duration), where known
     ids, total = list(saved.trial_ids), len(saved.trial_ids)
     if saved.search is not None:
@@ -293,7 +293,8 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
     for trial_id in ids:  # ids only: the trials' settings are not needed (nor validated) here
         state, run = trial_state(runs.get(trial_id, []))
         if state == "finished" and run.info.end_time and run.info.start_time:
-            intervals.append((run.info.start_time / 1000, run.info.end_time / 1000))
+            if "resumed_from_epoch" not in run.data.tags:  # a resumed run's span may hold a break
+                intervals.append((run.info.start_time / 1000, run.info.end_time / 1000))
             durations += [d for d in [trial_duration(run)] if d is not None]
         if state == "finished":
             outcome = run.data.tags.get("outcome", "finished")
@@ -313,5 +314,5 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
     parallel = counts["running"] or observed_at_once(intervals)
     return SweepStatus(name, counts, total, saved.tracking_uri, saved.experiment,
                        saved.experiment_dir, failures, driver, experiment_id,
-                       progress_line(done, total, durations or [end - start for start, end in intervals], parallel),
+                       progress_line(done, total, durations, parallel),
                        parent_run_id(client, experiment_id, name) if experiment_id else None)

@@ -144,15 +144,19 @@ def make_report(sweep: str | list[str], out: str | Path, *, tracking_uri: str | 
         _autoattack_section(df, runs, out),
         _correlation_section(df, report),
         _cost_section(runs, out),
-        Section("problems", "Failed, diverged, collapsed and unfinished trials",
-                f"<p>A collapsed trial finished with clean accuracy within {COLLAPSE_MARGIN:g} of chance "
-                f"({CHANCE_ACCURACY:g}): attacks cannot lower it, so its attack ratios and top eigenvalue are left "
-                f"out of the tables, figures and correlations.</p>"
-                + (to_html(problems) if not problems.empty else "<p>None.</p>"),
-                [to_markdown(problems) if not problems.empty else "None.", ""]),
+        _problems_section(problems),
     ]
     write_page(out, runs, len(df), scale_statement(runs.table), [s for s in sections if s is not None])
     return report
+
+
+def _problems_section(problems: pd.DataFrame) -> Section:
+    lead = (f"A collapsed trial finished with clean accuracy within {COLLAPSE_MARGIN:g} of chance ({CHANCE_ACCURACY:g}): "
+            "attacks cannot lower it, so its attack ratios and top eigenvalue are left out of the tables, figures and "
+            "correlations.")
+    return Section("problems", "Failed, diverged, collapsed and unfinished trials",
+                   f"<p>{lead}</p>" + (to_html(problems) if not problems.empty else "<p>None.</p>"),
+                   [lead, "", to_markdown(problems) if not problems.empty else "None.", ""])
 
 
 def _scale_section(report: Report, compare: list[str] | None, compare_tracking_uri: str | None,
@@ -246,11 +250,11 @@ def _dataset_sections(df: pd.DataFrame, runs: SweepRuns, report: Report) -> list
         report.figures += [p for p, _ in images]
         lead = ("One table per sweep group: a row per configuration, each measurement as mean ± sample standard "
                 "deviation over seeds (n runs).")
+        figures = (f"<h3>Figures</h3>{''.join(_figure_html(p, a, a) for p, a in images)}" if images else "",
+                   ["### Figures", "", *[line for p, a in images for line in (f"![{a}]({p.name})", "", a, "")]]
+                   if images else [])
         sections.append(Section(f"dataset-{_slug(dataset)}", f"{dataset}: tables and figures by sweep group",
-                                f"<p>{lead}</p>{''.join(blocks)}<h3>Figures</h3>"
-                                + "".join(_figure_html(p, a, a) for p, a in images),
-                                [lead, "", *lines, "### Figures", "",
-                                 *[line for p, a in images for line in (f"![{a}]({p.name})", "")]]))
+                                f"<p>{lead}</p>{''.join(blocks)}{figures[0]}", [lead, "", *lines, *figures[1]]))
     return sections
 
 
@@ -309,7 +313,8 @@ def _cost_section(runs: SweepRuns, out: Path) -> Section:
     cost.to_csv(out / "cost.csv", index=False)
     lead = ("Seconds per trial in each phase, mean per variant, as the trials logged them; the last row is the "
             "sweep's total, in hours. Process start, data loading and MLflow are outside the phases; the whole "
-            "trial's column (trial_seconds, where the runs logged it) holds them.")
+            "trial's column (trial_seconds, over the runs that logged it) holds all but Python's start. Pruned "
+            "trials are in no row.")
     return Section("cost", "Cost",
                    f"<p>{lead}</p>" + (to_html(cost) if not cost.empty else "<p>No timings logged.</p>"),
                    [lead, "", to_markdown(cost) if not cost.empty else "No timings logged.", ""])

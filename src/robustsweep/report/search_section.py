@@ -109,9 +109,11 @@ def search_section(table: pd.DataFrame, problems: list[dict[str, str]], search: 
         md = to_markdown(_fmt(best[shown_cols])) if not best.empty else "No finished trial meets the constraints."
         if figure is not None:
             figures.append(figure)
+            caption = (f"{' against '.join(reversed(search.metrics()))}: every finished searched trial; "
+                       "filled: meets the constraints; red: the non-dominated ones.")
             body += (f'<figure><img src="{figure.name}" alt="Pareto front"><figcaption>'
-                     f"{html.escape(' against '.join(reversed(search.metrics())))}: every finished searched trial; "
-                     "filled: meets the constraints; red: the non-dominated ones.</figcaption></figure>")
+                     f"{html.escape(caption)}</figcaption></figure>")
+            md += f"\n\n![Pareto front]({figure.name})\n\n{caption}"
     markdown = [head, "", f"### {title}", "", md, ""]
     return f"<p>{html.escape(head)}</p><h3>{html.escape(title)}</h3>{body}", markdown, figures
 

@@ -145,8 +145,9 @@ def _cost_columns(runs: pd.DataFrame) -> dict[str, str]:
     return {c: label for c, label in named.items() if c in runs and runs[c].notna().any()}
 
 
-#: The cost table's column of what whole trials cost (``trial_seconds``: process start to end, over attempts).
-WHOLE_TRIAL = "whole trial, s/trial"
+#: The cost table's column of what whole trials cost (``trial_seconds``: the trial code's start to its end, over
+#: attempts), and where only some runs logged it, how many did.
+WHOLE_TRIAL, WHOLE_TRIAL_RUNS = "whole trial, s/trial", "trials with whole-trial time"
 
 
 def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -154,12 +155,14 @@ def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
 
     Process start, data loading and MLflow are not in the phases: the sum is a lower bound on a
     trial's wall time, which the last column gives where the runs logged it (``trial_seconds``, over the runs
-    that did). A phase's mean is over the runs that took it (none: blank); the sum is the mean of
+    that did; where not all did, a column says how many). The rows are the finished, collapsed and diverged
+    runs the report reads: pruned trials are in none. A phase's mean is over the runs that took it (none: blank); the sum is the mean of
     each run's own sum, so runs that skipped a phase count it as nothing."""
     columns = _cost_columns(runs)
     if runs.empty or not columns:
         return pd.DataFrame()
     whole = TRIAL_SECONDS in runs and runs[TRIAL_SECONDS].notna().any()
+    partly = whole and runs[TRIAL_SECONDS].isna().any()
     rows = []
     for variant, part in runs.groupby("variant"):
         row = {"variant": variant, "trials": len(part)}
@@ -167,10 +170,14 @@ def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
         row["sum of phases, s/trial"] = round(float(part[list(columns)].sum(axis=1, min_count=1).mean()), 2)
         if whole:
             row[WHOLE_TRIAL] = round(float(part[TRIAL_SECONDS].mean()), 2)
+        if partly:
+            row[WHOLE_TRIAL_RUNS] = int(part[TRIAL_SECONDS].notna().sum())
         rows.append(row)
     total = {"variant": "all (hours, summed)", "trials": len(runs)}
     total.update({label: round(float(runs[c].sum()) / 3600, 3) for c, label in columns.items()})
     total["sum of phases, s/trial"] = round(sum(float(runs[c].sum()) for c in columns) / 3600, 3)
     if whole:
         total[WHOLE_TRIAL] = round(float(runs[TRIAL_SECONDS].sum()) / 3600, 3)
+    if partly:
+        total[WHOLE_TRIAL_RUNS] = int(runs[TRIAL_SECONDS].notna().sum())
     return pd.DataFrame(rows + [total])
