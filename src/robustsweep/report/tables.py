@@ -153,11 +153,11 @@ WHOLE_TRIAL, WHOLE_TRIAL_RUNS = "whole trial, s/trial", "trials with whole-trial
 def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean seconds per trial in each phase, per variant, and the sweep's total hours (a last row).
 
-    Process start, data loading and MLflow are not in the phases: the sum is a lower bound on a
-    trial's wall time, which the last column gives where the runs logged it (``trial_seconds``, over the runs
-    that did; where not all did, a column says how many). The rows are the finished, collapsed and diverged
-    runs the report reads: pruned trials are in none. A phase's mean is over the runs that took it (none: blank); the sum is the mean of
-    each run's own sum, so runs that skipped a phase count it as nothing."""
+    Process start, data loading and MLflow are not in the phases: the sum is a lower bound on a trial's wall
+    time, which the last column gives where the runs logged it (``trial_seconds``, over the runs that did;
+    where not all did, a column says how many). The rows are the finished, collapsed and diverged runs the
+    report reads: pruned trials are in none. A phase's mean is over the runs that took it (none: blank); the
+    sum is the mean of each run's own sum, so runs that skipped a phase count it as nothing."""
     columns = _cost_columns(runs)
     if runs.empty or not columns:
         return pd.DataFrame()
