@@ -25,3 +25,19 @@ def test_trials_at_once_is_their_summed_time_over_the_time_any_ran():
     assert observed_at_once([(0, 100), (50, 150), (60, 70)]) == 1  # 210 trial-s over 150 s: 1.4 -> 1
     assert observed_at_once([(0, 100), (0, 100), (0, 100), (0, 100)]) == 4
     assert observed_at_once([]) == 1 and observed_at_once([(5, 5)]) == 1
+
+
+def test_the_drivers_progress_counts_trials_that_ended_before_a_resume_and_not_the_ending_one_as_running(capsys):
+    # Ray calls on_trial_complete while the trial is still RUNNING; after `resume` the callback is the one
+    # pickled at launch, and the trials that ended before are TERMINATED from the start.
+    from types import SimpleNamespace as Trial
+
+    from robustsweep.progress import ray_progress_callback
+
+    callback = ray_progress_callback(6)
+    ended = [Trial(status="TERMINATED", last_result={}) for _ in range(3)]
+    other = Trial(status="RUNNING", last_result={})
+    ending = Trial(status="RUNNING", last_result={"trial_seconds": 600.0, "time_total_s": 30.0})
+    callback.on_trial_complete(0, [*ended, other, ending, Trial(status="PENDING", last_result={})], ending)
+    assert capsys.readouterr().err == ("robustsweep: 4/6 trials done; about 10 min left "
+                                       "(mean 10 min a trial over 1 finished, 2 at a time)\n")

@@ -190,6 +190,8 @@ def test_a_retried_fault_and_a_driver_killed_mid_trial_then_resume_leave_one_run
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "sweep killed: 3 finished" in resumed.stdout
+    # the resumed driver's progress counts the trials that ended before it (its callback is the launch's)
+    assert "robustsweep: 3/3 trials done" in resumed.stderr, resumed.stderr[-3000:]
 
     client, by_trial = _runs_by_trial(mlflow_uri, "killed")
     assert set(by_trial) == {t.trial_id for t in spec.trials}

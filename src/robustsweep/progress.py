@@ -59,6 +59,12 @@ def _to_stderr(line: str) -> None:
 def ray_progress_callback(total: int):
     """A Ray Tune callback that prints :func:`progress_line` to stderr each time a trial completes.
 
+    It counts from the trials' states, not from its own tally: the callback is pickled with the Tuner when a
+    sweep is launched and comes back unchanged on ``resume``, where the trials that ended before are
+    TERMINATED from the start. Ray calls it while the completing trial is still RUNNING, so that one is counted
+    done and not among those running. ``total`` is the sweep's number of trials (a search's samples, of which
+    only those sampled so far are in ``trials``).
+
     It goes into the Tuner's pickled state, so it holds no caller's function: Ray's tqdm support replaces
     ``builtins.print``, and a callback holding ``print`` itself then cannot be pickled.
     """
@@ -66,17 +72,18 @@ def ray_progress_callback(total: int):
 
     class Progress(Callback):
         def __init__(self):
-            self.done = 0
             self.durations: list[float] = []
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self.done += 1
             result = trial.last_result or {}
             # trial_seconds sums over attempts; a pruned trial's last result lacks it: Ray's time_total_s then
             seconds = result.get(TRIAL_SECONDS) or result.get("time_total_s")
             if not result.get("already_finished") and seconds:
                 self.durations.append(float(seconds))
-            running = sum(1 for t in trials if t.status == "RUNNING")
-            _to_stderr(f"robustsweep: {progress_line(self.done, total, self.durations, running + 1)}")
+            others = [t for t in trials if t is not trial]
+            done = 1 + sum(1 for t in others if t.status in ("TERMINATED", "ERROR"))
+            running = 1 + sum(1 for t in others if t.status == "RUNNING")
+            line = progress_line(done, max(total, len(trials)), self.durations, running)
+            _to_stderr(f"robustsweep: {line}")
 
     return Progress()
