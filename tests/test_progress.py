@@ -34,10 +34,10 @@ def test_the_drivers_progress_counts_trials_that_ended_before_a_resume_and_not_t
 
     from robustsweep.progress import ray_progress_callback
 
-    callback = ray_progress_callback(6)
+    callback = ray_progress_callback(9, finished_before=3)  # 3 imported before the launch: not Tune's trials
     ended = [Trial(status="TERMINATED", last_result={}) for _ in range(3)]
     other = Trial(status="RUNNING", last_result={})
     ending = Trial(status="RUNNING", last_result={"trial_seconds": 600.0, "time_total_s": 30.0})
     callback.on_trial_complete(0, [*ended, other, ending, Trial(status="PENDING", last_result={})], ending)
-    assert capsys.readouterr().err == ("robustsweep: 4/6 trials done; about 10 min left "
+    assert capsys.readouterr().err == ("robustsweep: 7/9 trials done; about 10 min left "
                                        "(mean 10 min a trial over 1 finished, 2 at a time)\n")

@@ -236,7 +236,7 @@ def launch(spec: SweepSpec, *, address: str | None = None, verbose: int = 1,
         return SweepResult(spec.name, done, spec.experiment_dir)
     trials = _settle_auto_gpu(left, log)
     _check_cluster_resources(trials, address, log)
-    grid = _drive(spec, runs, log, lambda: _new_tuner(spec, trials, verbose), saved)
+    grid = _drive(spec, runs, log, lambda: _new_tuner(spec, trials, verbose, len(spec.trials)), saved)
     result = _collect(grid, trials, spec.name, spec.experiment_dir)
     result.rows[:0] = done
     return result
@@ -281,7 +281,7 @@ def resume(name: str, *, storage_path: str | None = None, address: str | None = 
                     done, trials = _split_finished(trials, runs, log)
                     if not trials:
                         return SweepResult(name, done, saved.experiment_dir)
-                    tuner = _new_tuner(saved, trials, verbose)
+                    tuner = _new_tuner(saved, trials, verbose, len(saved.trial_ids))
             elif not tune.Tuner.can_restore(saved.experiment_dir):
                 raise UserError(f"Ray has no restorable experiment state in {saved.experiment_dir} (the driver may have "
                                 "died before Ray wrote it). Launch the sweep again: trials already FINISHED in MLflow "

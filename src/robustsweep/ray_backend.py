@@ -452,8 +452,9 @@ def _trial_name(trial) -> str:
         return f"invalid-sample-{trial.trial_id}"
 
 
-def _new_tuner(spec: "SweepSpec | SavedSweep", trials: list[Trial], verbose: int):
-    """A Tuner over ``trials`` (those left to run). Tune sees only their ids: each trial's configuration is
+def _new_tuner(spec: "SweepSpec | SavedSweep", trials: list[Trial], verbose: int, total: int):
+    """A Tuner over ``trials`` (those left to run of the sweep's ``total``: its progress line counts the others
+    done). Tune sees only their ids: each trial's configuration is
     read from the saved sweep by the trainable (:func:`trial_of`). The ids are handed to Tune as
     ``points_to_evaluate``, one per sample, not as a ``grid_search``: Tune expands a grid eagerly, deep-copying
     the whole parameter space for every variant (quadratic in the number of trials: 71 s before the first of
@@ -470,7 +471,8 @@ def _new_tuner(spec: "SweepSpec | SavedSweep", trials: list[Trial], verbose: int
         # checkpoints when Ray's state of them is lost
         param_space={"trial_id": {}, "sweep": spec.name, "flags": spec.flags, "experiment_dir": spec.experiment_dir},
         tune_config=_tune_config(search, len(trials)),
-        run_config=_run_config(spec.name, spec.storage_path, spec.max_failures, verbose, len(trials)),
+        run_config=_run_config(spec.name, spec.storage_path, spec.max_failures, verbose, total,
+                               finished_before=total - len(trials)),
     )
 
 
@@ -566,12 +568,13 @@ def _tune_config(search_alg, samples: int):
                            trial_dirname_creator=_trial_name, reuse_actors=True)
 
 
-def _run_config(name: str, storage_path: str, max_failures: int, verbose: int, total: int, callbacks=()):
+def _run_config(name: str, storage_path: str, max_failures: int, verbose: int, total: int, callbacks=(),
+                finished_before: int = 0):
     from ray import tune
 
     from .progress import ray_progress_callback
 
-    callbacks = [ray_progress_callback(total), *callbacks]
+    callbacks = [ray_progress_callback(total, finished_before), *callbacks]
     # A concise live table: trial id, state, epoch and the learning-curve numbers.
     reporter = tune.CLIReporter(
         metric_columns={"epoch": "epoch", "train_loss": "loss", "test_acc": "test acc", "clean_acc": "clean acc",
