@@ -19,8 +19,13 @@ def test_the_searchers_pickled_state_is_whole_or_reported_cut_short(tmp_path):
 
 
 def test_the_progress_callback_pickles_when_rays_tqdm_has_replaced_print(monkeypatch):
+    from types import SimpleNamespace as Trial
+
     import ray.cloudpickle
 
-    monkeypatch.setattr(builtins, "print", lambda *a, **k: None)  # as ray.experimental.tqdm_ray does
+    printed = []
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: printed.append(a))  # as ray.experimental.tqdm_ray does
     again = ray.cloudpickle.loads(ray.cloudpickle.dumps(ray_progress_callback(3)))
-    assert again.done == 0
+    ending = Trial(status="RUNNING", last_result={"trial_seconds": 60.0})
+    again.on_trial_complete(0, [ending], ending)  # and prints through the print of the moment
+    assert printed[0][0].startswith("robustsweep: 1/3 trials done; about 2 min left"), printed
