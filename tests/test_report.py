@@ -159,7 +159,8 @@ def test_report_from_a_real_sweep(filled_store, tmp_path, capsys):
     # and what whole trials cost (trial_seconds): more than their phases (process start, data, MLflow)
     assert runs["trial_seconds"].notna().all()
     assert cost.loc["sgd", "whole trial, s/trial"] == pytest.approx(sgd_runs["trial_seconds"].mean(), abs=0.006)
-    assert (cost["whole trial, s/trial"] > cost["sum of phases, s/trial"]).all()
+    per_variant = cost.drop("all (hours, summed)")  # (the total is in hours, to 3 decimals: 0.01 both, in CI)
+    assert (per_variant["whole trial, s/trial"] > per_variant["sum of phases, s/trial"]).all()
     # the study's claims come first on the page, one row per claim and eps; this sweep (SGD and Adam at
     # lr 0.05, 2 batch sizes, 2 seeds) has no ratio, momentum or CIFAR-10 runs
     assert not (out / "conclusions.csv").exists()
