@@ -10,6 +10,9 @@ def test_time_left_is_remaining_trials_times_the_mean_duration_over_the_trials_a
     assert progress_line(3, 10, [3600.0 * 2], 1) == ("3/10 trials done; about 14 h 00 min left "
                                                      "(mean 2 h 00 min a trial over 1 finished, 1 at a time)")
     assert progress_line(0, 5, [], 2) == "0/5 trials done; time left unknown until a trial finishes"
+    # trials have finished, but none has a known duration (resumed runs from before trial_seconds)
+    assert progress_line(3, 5, [], 2) == ("3/5 trials done; time left unknown until a trial that ran in one go "
+                                          "finishes")
     assert progress_line(5, 5, [60.0], 2) == "5/5 trials done"
 
 

@@ -44,8 +44,10 @@ def progress_line(done: int, total: int, durations: list[float], parallel: int) 
     left = total - done
     if left <= 0:
         return head
-    if not durations:
+    if not durations and not done:
         return f"{head}; time left unknown until a trial finishes"
+    if not durations:  # the finished trials are resumed runs from before trial_seconds: their spans hold breaks
+        return f"{head}; time left unknown until a trial that ran in one go finishes"
     mean = statistics.fmean(durations)
     parallel = max(parallel, 1)
     return (f"{head}; about {_duration(left * mean / parallel)} left (mean {_duration(mean)} a trial over "

@@ -253,15 +253,21 @@ def _stopped_with_its_sweep(run) -> bool:
     return run.data.tags.get("error", "").startswith("TrialInterrupted: ")
 
 
+def _resumed(run) -> bool:
+    """Whether the run was continued from an epoch checkpoint (``resumed_from_epoch``): its span from start to
+    end then holds the break between its attempts (a trial continued by the next session's ``resume`` carries
+    the hours in between)."""
+    return "resumed_from_epoch" in run.data.tags
+
+
 def trial_duration(run) -> float | None:
     """What a finished trial cost in wall seconds, for ``status``'s estimate: its ``trial_seconds`` (summed over
     its attempts, breaks between them left out); for runs logged before that metric, end minus start, except
-    where the run was resumed (``resumed_from_epoch``): its span then holds the break between the attempts (a
-    trial continued by the next session's ``resume`` carries the hours in between), so it gives None."""
+    where the run was resumed (:func:`_resumed`), so it gives None."""
     seconds = run.data.metrics.get(TRIAL_SECONDS)
     if seconds is not None:
         return float(seconds)
-    if "resumed_from_epoch" in run.data.tags or not (run.info.end_time and run.info.start_time):
+    if _resumed(run) or not (run.info.end_time and run.info.start_time):
         return None
     return (run.info.end_time - run.info.start_time) / 1000
 
@@ -293,7 +299,7 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
     for trial_id in ids:  # ids only: the trials' settings are not needed (nor validated) here
         state, run = trial_state(runs.get(trial_id, []))
         if state == "finished" and run.info.end_time and run.info.start_time:
-            if "resumed_from_epoch" not in run.data.tags:  # a resumed run's span may hold a break
+            if not _resumed(run):
                 intervals.append((run.info.start_time / 1000, run.info.end_time / 1000))
             durations += [d for d in [trial_duration(run)] if d is not None]
         if state == "finished":
