@@ -346,6 +346,9 @@ def test_a_search_killed_in_the_middle_resumes_to_exactly_its_samples_one_run_ea
         assert "cannot be read" not in both, "a sound search state was set aside"
     else:
         assert "cannot be read" in both and "told to the searcher, not run again" in both, both[-4000:]
+    # the driver's progress line counts the whole search: the trials that finished before the kill too (a new
+    # searcher's Tuner holds only the samples left)
+    assert "robustsweep: 8/8 trials done" in resumed.stderr, resumed.stderr[-3000:]
 
     client, runs = _runs(mlflow_uri, "searched")
     by_trial = {}

@@ -480,7 +480,8 @@ def _new_search_tuner(spec: "SweepSpec | SavedSweep", search, samples: int, verb
                       points: list[dict[str, Any]] = (), told: list = (), settled=None):
     """A Tuner that samples ``samples`` trials of ``search`` (robustsweep.search.Search): Optuna's TPE or random
     search over the trial settings, ASHA when asked. ``points``: samples to run first; ``told``: trials that
-    finished before (see search.make_searcher). ``settled``: the search's resources for this cluster."""
+    finished before (see search.make_searcher), which the progress line counts among the search's num_samples.
+    ``settled``: the search's resources for this cluster."""
     from ray import tune
 
     from .search import make_scheduler, make_searcher
@@ -497,8 +498,9 @@ def _new_search_tuner(spec: "SweepSpec | SavedSweep", search, samples: int, verb
         config.scheduler = scheduler
     return tune.Tuner(
         _trainable_with_resources((), settled or search.resources), param_space=space, tune_config=config,
-        run_config=_run_config(spec.name, spec.storage_path, spec.max_failures, verbose, samples,
-                               [PrunedRuns(), SearchProgress(spec.tracking_uri, spec.experiment, spec.name, search)]))
+        run_config=_run_config(spec.name, spec.storage_path, spec.max_failures, verbose, samples + len(told),
+                               [PrunedRuns(), SearchProgress(spec.tracking_uri, spec.experiment, spec.name, search)],
+                               finished_before=len(told)))
 
 
 def _relax_metric_check() -> None:
