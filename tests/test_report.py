@@ -661,6 +661,15 @@ def test_sweeps_of_one_grid_report_as_one_state_their_scale_and_compare_verdicts
     assert len(control) == 4 and set(control["verdict, fitted"]) == set(control["verdict, fixed epochs"]) == {
         "inconclusive"}
     assert "Under-training control" in page and "until their training accuracy over an epoch reached 0.3" in page
+    # its group's table shows the epoch each run stopped at (its epochs setting is only the cap); no other group's
+    tables = (out / "tables.md").read_text()
+    fit_table = tables.split("### fit-control")[1].split("###")[0]
+    header = fit_table.strip().splitlines()[0]
+    assert "stopped_epoch" in header and "stopped_epoch" not in tables.split("### fit-control")[0].split("## ")[-1]
+    stopped = runs[runs["group"] == "fit-control"].sort_values("batch_size")["stopped_epoch"]
+    cells = [row.split("|")[header.split("|").index(" stopped_epoch ")].strip()
+             for row in fit_table.strip().splitlines()[2:]]
+    assert [float(c) for c in cells] == list(stopped) and stopped.notna().all()
     assert "fitted: " in page and "n=6 runs (3 seeds x 2 batch sizes)" in pd.read_csv(out / "claims.csv").set_index(
         "id").loc["mnist-large-batch-lowers-clean-accuracy", "statistic"]
     gap = pd.read_csv(out / "autoattack_gap.csv")
@@ -750,12 +759,17 @@ def test_tables_format_each_metric_column_one_way():
 
     df = pd.DataFrame({"variant": ["a", "a", "b", "c", "d"], "batch_size": [32] * 5,
                        "clean_acc": [0.9, 0.92, 0.95, 1.0, np.nan], "hessian_top_eig": [151.52, 151.48, 23.1103, 2.2, 3.0],
-                       "diverged": [False] * 5})
-    table = display_table(aggregate(df, ["variant", "batch_size"], ["clean_acc", "hessian_top_eig"]),
-                          ["variant", "batch_size"], ["clean_acc", "hessian_top_eig"]).set_index("variant")
+                       "stopped_epoch": [6.0, 7.0, 12.0, 29.0, np.nan], "diverged": [False] * 5})
+    metrics = ["clean_acc", "hessian_top_eig", "stopped_epoch"]
+    table = display_table(aggregate(df, ["variant", "batch_size"], metrics),
+                          ["variant", "batch_size"], metrics).set_index("variant")
     assert list(table["hessian_top_eig"]) == ["151.5 ± 0.028 (n=2)", "23.1", "2.2", "3.0"]
+    # whole numbers above 1 (epochs) without decimals, unless a mean over seeds is not whole
+    assert list(table["stopped_epoch"]) == ["6.50 ± 0.71 (n=2)", "12.00", "29.00", ""]
+    whole = display_table(aggregate(df[df["variant"] != "a"], ["variant"], metrics), ["variant"], metrics)
+    assert list(whole["stopped_epoch"]) == ["12", "29", ""] and list(whole["clean_acc"])[:2] == ["0.9500", "1.0000"]
     assert list(table["clean_acc"]) == ["0.9100 ± 0.014 (n=2)", "0.9500", "1.0000", ""]
-    for column in ("clean_acc", "hessian_top_eig"):  # one number of decimals down each column
+    for column in metrics:  # one number of decimals down each column
         decimals = {len(cell.split(" ")[0].split(".")[1]) for cell in table[column] if cell}
         assert len(decimals) == 1, (column, list(table[column]))
 

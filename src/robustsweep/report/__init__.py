@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..metrics import CHANCE_ACCURACY, COLLAPSE_MARGIN, measurement_keys
+from ..metrics import CHANCE_ACCURACY, COLLAPSE_MARGIN, STOPPED_EPOCH, measurement_keys
 from .autoattack_claims import claims_under_autoattack
 from .autoattack_gap import GAP_FLAG, autoattack_gap
 from .collect import SweepRuns, collect, collect_many, for_analysis
@@ -101,6 +101,12 @@ def _extra_columns(df: pd.DataFrame, eps: list[float]) -> list[str]:
 
     wanted = [attack_key("autoattack", what, e) for e in eps for what in ("acc", "ratio")] + EXTRA_TABLE_COLUMNS
     return [c for c in wanted if c in df and df[c].notna().any()]
+
+
+def _stopped_early(runs: pd.DataFrame) -> bool:
+    """Whether some of ``runs`` were trained until a training accuracy and logged the epoch they stopped at."""
+    return all(c in runs for c in ("stop_train_acc", STOPPED_EPOCH)) and (
+        runs["stop_train_acc"].notna() & runs[STOPPED_EPOCH].notna()).any()
 
 
 def make_report(sweep: str | list[str], out: str | Path, *, tracking_uri: str | None = None,
@@ -233,8 +239,11 @@ def _dataset_sections(df: pd.DataFrame, runs: SweepRuns, report: Report) -> list
         metrics = measurement_keys(eps) + _extra_columns(part, eps)
         blocks, lines = [], []
         for group in dict.fromkeys(part["group"]):
-            agg = aggregate(part[part["group"] == group], ROW_KEYS, metrics)
-            table = display_table(agg, ROW_KEYS, metrics)
+            runs_here = part[part["group"] == group]
+            # a group trained until a training accuracy (stop_train_acc): the epoch each stopped at, not its cap
+            columns = metrics + ([STOPPED_EPOCH] if _stopped_early(runs_here) else [])
+            agg = aggregate(runs_here, ROW_KEYS, columns)
+            table = display_table(agg, ROW_KEYS, columns)
             lines += [f"### {group}", "", to_markdown(table), ""]
             blocks.append(f"<h3>{html.escape(group)}</h3>{to_html(table)}")
         images = []
@@ -250,6 +259,9 @@ def _dataset_sections(df: pd.DataFrame, runs: SweepRuns, report: Report) -> list
         report.figures += [p for p, _ in images]
         lead = ("One table per sweep group: a row per configuration, each measurement as mean ± sample standard "
                 "deviation over seeds (n runs).")
+        if _stopped_early(part):
+            lead += (" A group trained until a training accuracy (stop_train_acc) has a stopped_epoch column: the "
+                     "epoch its runs stopped at, where its epochs setting is only the cap.")
         figures = (f"<h3>Figures</h3>{''.join(_figure_html(p, a, a) for p, a in images)}" if images else "",
                    ["### Figures", "", *[line for p, a in images for line in (f"![{a}]({p.name})", "", a, "")]]
                    if images else [])

@@ -52,11 +52,14 @@ def fmt_value(mean: float, std: float | None = None, n: int | None = None, decim
 def display_table(agg: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
     """Strings for display: configuration columns that vary, then 'mean ± std (n)' per metric.
 
-    One format per metric column: 4 decimals where every mean lies in [-1, 1] (accuracies, ratios), else
-    as many as give the column's largest mean 4 significant digits (``151.5`` above ``23.1``, not ``23.1103``)."""
+    One format per metric column: 4 decimals where every mean lies in [-1, 1] (accuracies, ratios), none where
+    every mean is a whole number above that (epochs: ``29``, not ``29.00``), else as many as give the column's
+    largest mean 4 significant digits (``151.5`` above ``23.1``, not ``23.1103``)."""
     def column_decimals(means: pd.Series) -> int:
         largest = means.abs().max()
-        return 4 if not largest > 1 else max(0, 4 - math.ceil(math.log10(largest)))
+        if not largest > 1:
+            return 4
+        return 0 if (means.dropna() % 1 == 0).all() else max(0, 4 - math.ceil(math.log10(largest)))
 
     varying = [k for k in by if agg[k].nunique(dropna=False) > 1] or by[:1]
     decimals = {m: column_decimals(agg[m].astype(float)) for m in metrics}
