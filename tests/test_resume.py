@@ -115,6 +115,23 @@ def test_a_resumed_trials_cost_carries_its_first_attempt_and_leaves_out_the_brea
     assert cost < span - 1.0, (cost, span)
 
 
+def test_a_trial_resumed_from_a_checkpoint_without_its_cost_logs_none_rather_than_too_little(mnist_root,
+                                                                                               mlflow_uri):
+    # A checkpoint written by a robustsweep from before trial_seconds (a sweep moved to a newer commit mid-run):
+    # the first attempt's seconds are unknown, so the trial's are, and so are those of any later resume.
+    from mlflow.tracking import MlflowClient
+
+    config, states = _dies_in_epoch_3(mnist_root, mlflow_uri)
+    old = {k: v for k, v in states[2].items() if k != keys.TRIAL_SECONDS}
+    later = {}
+    outcome = run_trial(config, resume_state=old,
+                        on_epoch_end=lambda e, m, state: later.setdefault(e, _through_a_checkpoint(state())))
+    run = MlflowClient(mlflow_uri).get_run(outcome.run_id)
+    assert run.info.status == "FINISHED" and "clean_acc" in run.data.metrics
+    assert keys.TRIAL_SECONDS not in run.data.metrics and keys.TRIAL_SECONDS not in outcome.metrics
+    assert later[3].get(keys.TRIAL_SECONDS) is None
+
+
 def test_a_trial_run_in_one_go_costs_more_than_its_epochs_and_at_most_its_runs_span_and_data_loading(
         mnist_root, mlflow_uri):
     from mlflow.tracking import MlflowClient

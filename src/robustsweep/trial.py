@@ -263,11 +263,13 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
         run.set_tags({"resumed_from_epoch": str(start_epoch)})
         log(f"resumed at epoch {start_epoch} into MLflow run {run.run_id}")
 
-    # What earlier attempts spent up to the checkpoint this one resumes from (none in checkpoints before it).
-    carried = float((resume_state or {}).get(keys.TRIAL_SECONDS, 0.0))
+    # What earlier attempts spent up to the checkpoint this one resumes from. A checkpoint written before
+    # trial_seconds existed (or by an attempt that did not know it) leaves the cost unknown: this attempt's
+    # seconds alone would undercount the trial.
+    carried = 0.0 if resume_state is None else resume_state.get(keys.TRIAL_SECONDS)
 
-    def trial_seconds() -> float:
-        return carried + time.perf_counter() - started
+    def trial_seconds() -> float | None:
+        return None if carried is None else float(carried) + time.perf_counter() - started
 
     def checkpoint_state(epoch: int) -> dict[str, Any]:
         return {"epoch": epoch, "model": model.state_dict(), "variant": variant.state_dict(),
@@ -275,8 +277,9 @@ def _run(config: TrialConfig, run: TrialRun, device: torch.device, data: DeviceD
                 "history": list(history), "run_id": run.run_id, keys.TRIAL_SECONDS: trial_seconds()}
 
     def finish(status: str, metrics: dict[str, float], epochs_run: int) -> TrialOutcome:
-        """End the run FINISHED with its cost (``trial_seconds``): a trial's last act."""
-        cost = {keys.TRIAL_SECONDS: trial_seconds()}
+        """End the run FINISHED with its cost (``trial_seconds``, where known): a trial's last act."""
+        seconds = trial_seconds()
+        cost = {} if seconds is None else {keys.TRIAL_SECONDS: seconds}
         run.log_metrics(cost, step=epochs_run)
         run.finish("FINISHED")
         return TrialOutcome(status, run.run_id, {**metrics, **cost}, history, epochs_run)
