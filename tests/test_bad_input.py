@@ -212,8 +212,12 @@ def test_status_tells_interrupted_from_running_and_counts_collapsed(tmp_path, mn
     out = capsys.readouterr().out
     assert "no driver is running" in out and "interrupted  2  (no live Ray trial" in out
     assert f"/#/experiments/{experiment}/runs?workflowType=machine_learning" in out  # straight to the runs table
-    with driver_record(storage, "s"):  # this process, alive: running (the stopped one: Ray tries it again)
-        assert status("s", storage).counts == {**common, "running": 2, "interrupted": 0}
+    with driver_record(storage, "s"):  # this process, alive: running, and the stopped one waits to go on
+        live = status("s", storage)
+        assert live.counts == {**common, "pending": 2, "running": 1, "interrupted": 0}
+        # one runs now: the time left is for one at a time, not two (a `resume` that has not yet restarted a
+        # trial the last stop interrupted before its first checkpoint)
+        assert live.progress.startswith("2/5 trials done; about ") and live.progress.endswith(", 1 at a time)")
     record = tmp_path / "ray_results" / "s" / "robustsweep-driver.json"
     assert not record.exists()  # a clean exit removes the record
     dead = os.fork()
@@ -225,7 +229,8 @@ def test_status_tells_interrupted_from_running_and_counts_collapsed(tmp_path, mn
     record.write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "start_ticks": "1"}))
     assert status("s", storage).counts["interrupted"] == 2  # a record whose process is gone
     record.write_text(json.dumps({"host": "some-other-host", "pid": 1}))
-    assert status("s", storage).counts["running"] == 2  # a driver elsewhere: cannot tell, say running
+    # a driver elsewhere: cannot tell, say running (the stopped one: waiting to go on)
+    assert status("s", storage).counts["running"] == 1 and status("s", storage).counts["pending"] == 2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -308,7 +308,8 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
         elif state == "running":
             counts["interrupted" if driver == "gone" else "running"] += 1
         elif state == "failed" and _stopped_with_its_sweep(run):  # `resume` continues it: not done
-            counts["interrupted" if driver == "gone" else "running"] += 1
+            # under a live driver it waits in Ray's queue (its reopened run turns RUNNING when it starts again)
+            counts["interrupted" if driver == "gone" else "pending"] += 1
         elif state == "failed" and driver != "gone" and _ray_retries(run, saved.max_failures):
             counts["running"] += 1  # a failed attempt that Ray, still driving the sweep, tries again
         else:
