@@ -189,7 +189,8 @@ def test_saved_sweep_is_replaced_whole_or_not_at_all(tmp_path, mnist_root, monke
 
 
 def test_status_tells_interrupted_from_running_and_counts_collapsed(tmp_path, mnist_root, capsys):
-    spec = load_sweep(tiny_sweep(tmp_path, mnist_root, groups="[{name: g, grid: {lr: [0.01, 0.02, 0.03, 0.04, 0.05]}}]"))
+    spec = load_sweep(tiny_sweep(tmp_path, mnist_root,
+                                 groups="[{name: g, grid: {lr: [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]}}]"))
     _save_spec(spec)
     client = MlflowClient(spec.tracking_uri)
     experiment = client.create_experiment("s")
@@ -199,25 +200,27 @@ def test_status_tells_interrupted_from_running_and_counts_collapsed(tmp_path, mn
                "outcome": "failed", "retryable": "1", "failed_attempts": "1"}
     for trial_id, state, tags in ((ids[0], "FINISHED", {"outcome": "collapsed"}),
                                   (ids[1], "FINISHED", {"outcome": "finished"}), (ids[2], "RUNNING", {}),
-                                  (ids[4], "FAILED", stopped)):
+                                  (ids[4], "FAILED", stopped),
+                                  # the stop killed this one's process before it could mark its run FAILED
+                                  (ids[5], "RUNNING", stopped)):
         run = client.create_run(experiment, tags={"sweep": "s", "trial_id": trial_id, **tags})
         if state != "RUNNING":
             client.set_terminated(run.info.run_id, status=state)
     storage = str(tmp_path / "ray_results")
     common = {"pending": 1, "finished": 1, "pruned": 0, "collapsed": 1, "diverged": 0, "failed": 0}
-    # no driver: the RUNNING run was left by a killed one, the FAILED one by a stopped one: both interrupted
-    assert status("s", storage).counts == {**common, "running": 0, "interrupted": 2}
-    assert status("s", storage).progress.startswith("2/5 trials done")
+    # no driver: the plain RUNNING run was left by a killed one, the others by a stopped one: all interrupted
+    assert status("s", storage).counts == {**common, "running": 0, "interrupted": 3}
+    assert status("s", storage).progress.startswith("2/6 trials done")
     assert main(["status", "s", "--storage-path", storage]) == 0
     out = capsys.readouterr().out
-    assert "no driver is running" in out and "interrupted  2  (no live Ray trial" in out
+    assert "no driver is running" in out and "interrupted  3  (no live Ray trial" in out
     assert f"/#/experiments/{experiment}/runs?workflowType=machine_learning" in out  # straight to the runs table
-    with driver_record(storage, "s"):  # this process, alive: running, and the stopped one waits to go on
+    with driver_record(storage, "s"):  # this process, alive: running, and the stopped ones wait to go on
         live = status("s", storage)
-        assert live.counts == {**common, "pending": 2, "running": 1, "interrupted": 0}
+        assert live.counts == {**common, "pending": 3, "running": 1, "interrupted": 0}
         # one runs now: the time left is for one at a time, not two (a `resume` that has not yet restarted a
         # trial the last stop interrupted before its first checkpoint)
-        assert live.progress.startswith("2/5 trials done; about ") and live.progress.endswith(", 1 at a time)")
+        assert live.progress.startswith("2/6 trials done; about ") and live.progress.endswith(", 1 at a time)")
     record = tmp_path / "ray_results" / "s" / "robustsweep-driver.json"
     assert not record.exists()  # a clean exit removes the record
     dead = os.fork()
@@ -227,10 +230,10 @@ def test_status_tells_interrupted_from_running_and_counts_collapsed(tmp_path, mn
     import socket
 
     record.write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "start_ticks": "1"}))
-    assert status("s", storage).counts["interrupted"] == 2  # a record whose process is gone
+    assert status("s", storage).counts["interrupted"] == 3  # a record whose process is gone
     record.write_text(json.dumps({"host": "some-other-host", "pid": 1}))
-    # a driver elsewhere: cannot tell, say running (the stopped one: waiting to go on)
-    assert status("s", storage).counts["running"] == 1 and status("s", storage).counts["pending"] == 2
+    # a driver elsewhere: cannot tell, say running (the stopped ones: waiting to go on)
+    assert status("s", storage).counts["running"] == 1 and status("s", storage).counts["pending"] == 3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -305,11 +305,12 @@ def status(name: str, storage_path: str | None = None) -> SweepStatus:
         if state == "finished":
             outcome = run.data.tags.get("outcome", "finished")
             counts[outcome if outcome in ("collapsed", "diverged", "pruned") else "finished"] += 1
+        elif state in ("running", "failed") and _stopped_with_its_sweep(run):  # `resume` continues it: not done
+            # under a live driver it waits in Ray's queue: its run, reopened when Ray starts it again, loses the
+            # error tag. A RUNNING one carrying it was killed by the stop before it could be marked FAILED.
+            counts["interrupted" if driver == "gone" else "pending"] += 1
         elif state == "running":
             counts["interrupted" if driver == "gone" else "running"] += 1
-        elif state == "failed" and _stopped_with_its_sweep(run):  # `resume` continues it: not done
-            # under a live driver it waits in Ray's queue (its reopened run turns RUNNING when it starts again)
-            counts["interrupted" if driver == "gone" else "pending"] += 1
         elif state == "failed" and driver != "gone" and _ray_retries(run, saved.max_failures):
             counts["running"] += 1  # a failed attempt that Ray, still driving the sweep, tries again
         else:
