@@ -35,9 +35,9 @@ def test_the_drivers_progress_counts_trials_that_ended_before_a_resume_and_not_t
     # pickled at launch, and the trials that ended before are TERMINATED from the start.
     from types import SimpleNamespace as Trial
 
-    from robustsweep.progress import ray_progress_callback
+    from robustsweep.tune_extensions import Progress
 
-    callback = ray_progress_callback(9, finished_before=3)  # 3 imported before the launch: not Tune's trials
+    callback = Progress(9, finished_before=3)  # 3 imported before the launch: not Tune's trials
     ended = [Trial(status="TERMINATED", last_result={}) for _ in range(3)]
     other = Trial(status="RUNNING", last_result={})
     ending = Trial(status="RUNNING", last_result={"trial_seconds": 600.0, "time_total_s": 30.0})

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import sys
-
-from .metrics import TRIAL_SECONDS
 
 
 def _duration(seconds: float) -> str:
@@ -52,41 +49,3 @@ def progress_line(done: int, total: int, durations: list[float], parallel: int) 
     parallel = max(parallel, 1)
     return (f"{head}; about {_duration(left * mean / parallel)} left (mean {_duration(mean)} a trial over "
             f"{len(durations)} finished, {parallel} at a time)")
-
-
-def _to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def ray_progress_callback(total: int, finished_before: int = 0):
-    """A Ray Tune callback that prints :func:`progress_line` to stderr each time a trial completes.
-
-    It counts from the trials' states, not from its own tally: the callback is pickled with the Tuner when a
-    sweep is launched and comes back unchanged on ``resume``, where the trials that ended before are
-    TERMINATED from the start. Ray calls it while the completing trial is still RUNNING, so that one is counted
-    done and not among those running. ``total`` is the sweep's number of trials (a search's samples, of which
-    only those sampled so far are in ``trials``); ``finished_before``, those that had finished before the
-    launch and are not in ``trials`` (a launch runs only the rest).
-
-    It goes into the Tuner's pickled state, so it holds no caller's function: Ray's tqdm support replaces
-    ``builtins.print``, and a callback holding ``print`` itself then cannot be pickled.
-    """
-    from ray.tune import Callback
-
-    class Progress(Callback):
-        def __init__(self):
-            self.durations: list[float] = []
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            result = trial.last_result or {}
-            # trial_seconds sums over attempts; a pruned trial's last result lacks it: Ray's time_total_s then
-            seconds = result.get(TRIAL_SECONDS) or result.get("time_total_s")
-            if not result.get("already_finished") and seconds:
-                self.durations.append(float(seconds))
-            others = [t for t in trials if t is not trial]
-            done = finished_before + 1 + sum(1 for t in others if t.status in ("TERMINATED", "ERROR"))
-            running = 1 + sum(1 for t in others if t.status == "RUNNING")
-            line = progress_line(done, max(total, finished_before + len(trials)), self.durations, running)
-            _to_stderr(f"robustsweep: {line}")
-
-    return Progress()

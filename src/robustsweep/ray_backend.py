@@ -574,9 +574,9 @@ def _run_config(name: str, storage_path: str, max_failures: int, verbose: int, t
                 finished_before: int = 0):
     from ray import tune
 
-    from .progress import ray_progress_callback
+    from .tune_extensions import Progress
 
-    callbacks = [ray_progress_callback(total, finished_before), *callbacks]
+    callbacks = [Progress(total, finished_before), *callbacks]
     # A concise live table: trial id, state, epoch and the learning-curve numbers.
     reporter = tune.CLIReporter(
         metric_columns={"epoch": "epoch", "train_loss": "loss", "test_acc": "test acc", "clean_acc": "clean acc",

@@ -1,9 +1,10 @@
-"""robustsweep's subclasses of Ray Tune's callback and scheduler classes for a search.
+"""robustsweep's subclasses of Ray Tune's callback and scheduler classes.
 
 A module of its own (importing it imports Ray, which checking a sweep file must not), and at module level:
 Ray pickles a Tuner's callbacks and scheduler into its saved state, and a class that is not importable by
 name would be pickled by value, so a resumed sweep would run the code of the day it was launched.
 
+- :class:`Progress`: the driver's progress line each time a trial ends (every sweep).
 - :class:`PrunedRuns`: the driver's safety net that marks a run ASHA stopped FINISHED with
   ``outcome = pruned`` (the trial does it itself; this covers a trial process ended first).
 - :class:`SearchProgress`: the sweep's parent run follows a search as its trials end (counts, best so far).
@@ -14,12 +15,15 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from typing import Any
 
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from .metrics import TRIAL_SECONDS
+from .progress import progress_line
 from .search import PLANNED_EPOCHS
 
 #: Seconds between two updates of a search's parent run by SearchProgress, at least (the driver writes the
@@ -30,6 +34,35 @@ PROGRESS_EVERY_S = 30.0
 
 def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+class Progress(Callback):
+    """Prints :func:`.progress.progress_line` to stderr each time a trial completes.
+
+    It counts from the trials' states, not from its own tally: a resumed Tuner brings back the callback
+    pickled at launch, and the trials that ended before are TERMINATED from the start. Ray calls it while the
+    completing trial is still RUNNING, so that one is counted done and not among those running. ``total`` is
+    the sweep's number of trials (a search's samples, of which only those sampled so far are in ``trials``);
+    ``finished_before``, those that had finished before the launch and are not in ``trials`` (a launch runs
+    only the rest). It holds no caller's function: Ray's tqdm support replaces ``builtins.print``, and a
+    callback holding ``print`` itself then cannot be pickled.
+    """
+
+    def __init__(self, total: int, finished_before: int = 0):
+        self.total, self.finished_before = total, finished_before
+        self.durations: list[float] = []
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        # trial_seconds sums over attempts; a pruned trial's last result lacks it: Ray's time_total_s then
+        seconds = result.get(TRIAL_SECONDS) or result.get("time_total_s")
+        if not result.get("already_finished") and seconds:
+            self.durations.append(float(seconds))
+        others = [t for t in trials if t is not trial]
+        done = self.finished_before + 1 + sum(1 for t in others if t.status in ("TERMINATED", "ERROR"))
+        running = 1 + sum(1 for t in others if t.status == "RUNNING")
+        line = progress_line(done, max(self.total, self.finished_before + len(trials)), self.durations, running)
+        print(f"robustsweep: {line}", file=sys.stderr, flush=True)
 
 
 class PrunedRuns(Callback):
