@@ -441,14 +441,17 @@ def test_committed_study_runs_still_match_their_sweep_files_trial_ids():
     # settings: every committed run must still be its sweep's trial, or import and launch would orphan it.
     import json
 
-    def committed(folder):
-        records = map(json.loads, (REPO / "results" / folder / "runs.jsonl").read_text().splitlines())
+    def committed(folder, export="runs.jsonl"):
+        records = map(json.loads, (REPO / "results" / folder / export).read_text().splitlines())
         return {r["trial_id"] for r in records if r.get("kind") != "sweep"}  # the sweep's parent run is no trial
 
     assert committed("table1-mnist-cpu") == {t.trial_id for t in load_sweep(REPO / "sweeps" / "table1-mnist-cpu.yaml").trials}
     # the study-scale run: table1's 144 MNIST trials, all exported
     study = {t.trial_id for t in load_sweep(REPO / "sweeps" / "table1.yaml", overrides=STUDY_SCALE_FLAGS).trials}
     assert committed("table1-mnist") == study
+    # then its extra sweep (seeds 1-2, the control), under way across sessions: what it exported so far
+    extra = {t.trial_id for t in load_sweep(REPO / "sweeps" / "table1-mnist-extra.yaml").trials}
+    assert committed("table1-mnist", "runs-extra.jsonl") and committed("table1-mnist", "runs-extra.jsonl") <= extra
 
 
 def test_status_of_a_stopped_sweep_assumes_as_many_trials_at_a_time_as_ran_before(tmp_path, monkeypatch, capsys):
