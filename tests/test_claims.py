@@ -277,6 +277,21 @@ def test_correlation_claim_across_configurations():
     assert set(verdicts(flipped, "mnist-curvature-opposes-accuracy-and-robustness").values()) == {"contradicted"}
 
 
+def test_correlation_counts_a_ratio_run_that_trains_what_a_constant_lr_run_trains_once():
+    # table1's ratio group at batch 64 (0.005/32 x 64 = 0.01) trains what its constant-lr group trains at lr
+    # 0.01, batch 64, to the last digit: the across-configuration correlation counts that training once
+    claim = "mnist-curvature-opposes-accuracy-and-robustness"
+    rows = [run(variant=v, lr=lr, batch_size=b, hessian_top_eig=h, **every(1 - h / 100))
+            for v, lr, b, h in zip(["sgd", "svrg", "sgdnoise", "sgdselective"] * 3, [0.01, 0.1] * 6,
+                                   [32, 64, 128] * 4, np.linspace(5, 60, 12))]
+    twin = next(r for r in rows if r["lr"] == 0.01 and r["batch_size"] == 64)
+    other = {**twin, "batch_size": 128, "lr": RATIO * 128, "hessian_top_eig": 61.0, **every(0.39)}
+    with_twin = rows + [{**twin, "lr": RATIO * 64, "lr_batch_ratio": RATIO}, {**other, "lr_batch_ratio": RATIO}]
+    assert "n=13 (1 seed x 13 configurations)" in result(with_twin, claim, 0.03).statistic
+    # without them: 12; so the ratio run at a rate no constant-lr run has (0.02 at batch 128) counted
+    assert "n=12 (1 seed x 12 configurations)" in result(rows, claim, 0.03).statistic
+
+
 def test_not_run_names_what_is_missing():
     rows = _constant_lr(lambda s, i, lr: {})
     out = result(rows, "cifar-weight-decay-leaves-attack-accuracy", 0.02)

@@ -18,7 +18,7 @@ import pandas as pd
 from ...metrics import CLEAN_ACC, HESSIAN_TOP_EIG, attack_key
 from ..tables import column_label
 from .margins import CONFIGURATION, Margin, seed_spread
-from .selection import Runs, Side, missing_runs
+from .selection import Runs, Side, missing_runs, repeated_trainings
 from .statistics import Evidence, blocked_trend, paired_difference, paired_equivalence, trend_equivalence
 
 #: The measurements claims speak of; attack ones exist at each eps.
@@ -197,7 +197,8 @@ class Compare:
 @dataclass(frozen=True)
 class Correlate:
     """The top eigenvalue against a measurement across the selected runs, ``negative`` or ``positive``:
-    the mean within-seed Spearman rho, over the configurations every seed has."""
+    the mean within-seed Spearman rho, over the configurations every seed has. Runs that train exactly
+    what another selected run trains (:func:`.selection.repeated_trainings`) count once."""
 
     runs: Runs
     measures: tuple[str, ...]
@@ -215,6 +216,7 @@ class Correlate:
         if missing:
             return [], missing
         curvature = self.runs.values(ctx.df, HESSIAN_TOP_EIG)
+        curvature = curvature[~repeated_trainings(curvature)]
         found = []
         for measure in self.measures:
             metric = metric_key(measure, eps)

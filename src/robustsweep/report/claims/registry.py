@@ -117,7 +117,8 @@ CLAIMS: tuple[Claim, ...] = (
     # ---------------------------------------------------------------- take-away 2
     Claim("mnist-curvature-opposes-accuracy-and-robustness", "4 (take-away 2)", "mnist",
           "Across every configuration of the sweep, a higher top eigenvalue goes with lower clean accuracy and "
-          "lower robustness (each configuration's seed-0 run, so replicated ones do not count thrice).",
+          "lower robustness (each configuration's seed-0 run, so replicated ones do not count thrice; a ratio run "
+          "that trains exactly what a constant-lr run trains counts once).",
           (Correlate(mnist(variant=None, regime=None, momentum=None, weight_decay=None, schedule=None, seeds=(0,),
                            label="every configuration, seed 0"), (CLEAN, *MNIST_ROBUSTNESS), "negative"),)),
     Claim("cifar-curvature-opposes-accuracy-and-robustness", "4 (take-away 2)", "cifar10",
