@@ -268,10 +268,15 @@ def test_comparison_claims_and_the_momentum_exception():
     assert set(verdicts(worse, "mnist-higher-lr-more-accurate-and-robust").values()) == {"contradicted"}
 
 
-def test_correlation_claim_across_configurations():
-    rows = [run(variant=v, lr=lr, batch_size=b, hessian_top_eig=h, **every(1 - h / 100))
+def _twelve_configurations() -> list[dict]:
+    """Seed-0 runs of 12 configurations whose robustness falls as their top eigenvalue rises."""
+    return [run(variant=v, lr=lr, batch_size=b, hessian_top_eig=h, **every(1 - h / 100))
             for v, lr, b, h in zip(["sgd", "svrg", "sgdnoise", "sgdselective"] * 3, [0.01, 0.1] * 6,
                                    [32, 64, 128] * 4, np.linspace(5, 60, 12))]
+
+
+def test_correlation_claim_across_configurations():
+    rows = _twelve_configurations()
     assert verdicts(rows, "mnist-curvature-opposes-accuracy-and-robustness") == {0.03: "supported", 0.15: "supported"}
     flipped = [{**r, "hessian_top_eig": 70 - r["hessian_top_eig"]} for r in rows]
     assert set(verdicts(flipped, "mnist-curvature-opposes-accuracy-and-robustness").values()) == {"contradicted"}
@@ -281,9 +286,7 @@ def test_correlation_counts_a_ratio_run_that_trains_what_a_constant_lr_run_train
     # table1's ratio group at batch 64 (0.005/32 x 64 = 0.01) trains what its constant-lr group trains at lr
     # 0.01, batch 64, to the last digit: the across-configuration correlation counts that training once
     claim = "mnist-curvature-opposes-accuracy-and-robustness"
-    rows = [run(variant=v, lr=lr, batch_size=b, hessian_top_eig=h, **every(1 - h / 100))
-            for v, lr, b, h in zip(["sgd", "svrg", "sgdnoise", "sgdselective"] * 3, [0.01, 0.1] * 6,
-                                   [32, 64, 128] * 4, np.linspace(5, 60, 12))]
+    rows = _twelve_configurations()
     twin = next(r for r in rows if r["lr"] == 0.01 and r["batch_size"] == 64)
     other = {**twin, "batch_size": 128, "lr": RATIO * 128, "hessian_top_eig": 61.0, **every(0.39)}
     with_twin = rows + [{**twin, "lr": RATIO * 64, "lr_batch_ratio": RATIO}, {**other, "lr_batch_ratio": RATIO}]
