@@ -64,12 +64,13 @@ def repeated_trainings(values: pd.DataFrame) -> np.ndarray:
     lr/batch-size ratio whose rate (ratio x batch size) is a constant-lr run's rate at that batch size,
     with every other setting alike (table1's ratio group at batch 64, lr 0.005/32 x 64 = 0.01, is its
     constant-lr group at lr 0.01, batch 64: the same numbers to the last digit). ``values`` has
-    :data:`KEYS` with :func:`settings` filled in; the constant-lr twin is the one kept."""
+    :data:`KEYS` with :func:`settings` filled in, and ``lr`` the initial rate a ratio gives, as
+    :mod:`..collect` fills it; the constant-lr twin is the one kept."""
     if values.empty:
         return np.zeros(0, dtype=bool)
-    rate = values["lr"].where(values["lr"].notna(), values["lr_batch_ratio"] * values["batch_size"])
     training = values[[k for k in KEYS if k not in ("lr", "lr_batch_ratio")]].assign(
-        rate=rate.astype(float).map(lambda r: float(f"{r:.10g}")), ratio_last=values["lr_batch_ratio"].notna())
+        rate=values["lr"].astype(float).map(lambda r: float(f"{r:.10g}")),
+        ratio_last=values["lr_batch_ratio"].notna())
     order = training.sort_values("ratio_last", kind="stable").index
     repeated = training.loc[order].drop(columns="ratio_last").duplicated()
     return repeated.reindex(values.index).to_numpy()
